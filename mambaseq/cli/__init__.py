@@ -1,0 +1,1 @@
+"""Command line: a thin Typer app that parses, validates and calls the task code."""

@@ -1,0 +1,18 @@
+"""nn.Modules only: mixer, backbone, LM, heads and the inference cache. No data, files or CLI."""
+
+from .cache import InferenceCache, LayerState
+from .heads import POOLINGS, ClassificationHead, pool
+from .lm import MambaBackbone, MambaBlock, MambaLM
+from .mixer import MambaMixer
+
+__all__ = [
+    "POOLINGS",
+    "ClassificationHead",
+    "InferenceCache",
+    "LayerState",
+    "MambaBackbone",
+    "MambaBlock",
+    "MambaLM",
+    "MambaMixer",
+    "pool",
+]

@@ -1,0 +1,94 @@
+"""The selective SSM mixer of the seed paper (Algorithm 2, Figure 3): one Mamba block's core."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import MambaConfig
+from ..kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from .cache import LayerState
+
+
+class MambaMixer(nn.Module):
+    """in_proj -> (x, z); x -> causal depthwise conv + SiLU -> x_proj -> (dt, B, C);
+    dt -> dt_proj -> delta; selective scan with D skip, gated by SiLU(z); out_proj.
+    """
+
+    def __init__(self, config: MambaConfig) -> None:
+        super().__init__()
+        self.config = config
+        d_model, d_inner, N, R = config.d_model, config.d_inner, config.d_state, config.dt_rank_value
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=config.bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, config.d_conv, groups=d_inner, bias=config.conv_bias)
+        self.x_proj = nn.Linear(d_inner, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(d_inner, N))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=config.bias)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Seed-paper initialisation of the SSM parameters (Section 3.6 and Appendix)."""
+        cfg = self.config
+        d_inner, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank_value
+        # S4D-real: A_n = -(n + 1), the same for every channel.
+        self.A_log.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D.fill_(1.0)
+        nn.init.uniform_(self.dt_proj.weight, -(R**-0.5), R**-0.5)
+        # softplus(bias) is log-uniform in [dt_min, dt_max], floored; the bias is its inverse.
+        log_lo, log_hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+        dt = torch.exp(torch.rand(d_inner) * (log_hi - log_lo) + log_lo).clamp(min=cfg.dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def _split_dt_bc(self, x_dbl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        R, N = self.config.dt_rank_value, self.config.d_state
+        return torch.split(x_dbl, [R, N, N], dim=-1)
+
+    def forward(self, hidden: Tensor, state: LayerState | None = None) -> Tensor:
+        """hidden: (batch, L, d_model) -> (batch, L, d_model).
+
+        With `state`, the sequence continues from it and the state is replaced by the one at the
+        end (prefill and chunked streaming).
+        """
+        d_inner = self.config.d_inner
+        xz = self.in_proj(hidden).transpose(1, 2)  # (batch, 2*d_inner, L), a view
+        x, z = xz[:, :d_inner], xz[:, d_inner:]
+        conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+        if state is None:
+            x = causal_conv1d(x, conv_weight, self.conv1d.bias, activation="silu")
+        else:
+            x, conv_state = causal_conv1d(x, conv_weight, self.conv1d.bias, activation="silu",
+                                          initial_state=state.conv.to(x.dtype), return_final_state=True)
+        dt, B, C = self._split_dt_bc(self.x_proj(x.transpose(1, 2)))  # (batch, L, .)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (batch, d_inner, L)
+        A = -torch.exp(self.A_log.float())
+        scan_args = dict(D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        B, C = B.transpose(1, 2).unsqueeze(1), C.transpose(1, 2).unsqueeze(1)  # (batch, 1, N, L)
+        if state is None:
+            y = selective_scan(x, delta, A, B, C, **scan_args)
+        else:
+            y, ssm_state = selective_scan(x, delta, A, B, C, **scan_args, initial_state=state.ssm,
+                                          return_final_state=True)
+            state.conv, state.ssm = conv_state.to(state.conv.dtype), ssm_state.float()
+        return self.out_proj(y.transpose(1, 2))
+
+    def step(self, hidden: Tensor, state: LayerState) -> Tensor:
+        """One position: hidden (batch, d_model) -> (batch, d_model); updates `state` in place."""
+        d_inner = self.config.d_inner
+        xz = self.in_proj(hidden)
+        x, z = xz[:, :d_inner], xz[:, d_inner:]
+        x = causal_conv1d_update(x, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                 activation="silu")
+        dt, B, C = self._split_dt_bc(self.x_proj(x))
+        dt = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(state.ssm, x, dt, A, B, C, D=self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y)

@@ -1,0 +1,1 @@
+"""Task code: what turns files into tensors and models into results, per modality."""

@@ -1,0 +1,1 @@
+"""Raw-audio tasks (codecs, datasets, recipes) arrive with the audio issue."""

@@ -1,0 +1,1 @@
+"""DNA tasks (tokenizer, FASTA access, datasets, recipes) arrive with the DNA issue."""
