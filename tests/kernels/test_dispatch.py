@@ -1,0 +1,71 @@
+"""Backend choice by device and MAMBASEQ_KERNELS."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mambaseq.kernels as kernels
+from mambaseq.kernels import KernelBackendError, backend_for, backend_report
+
+
+@pytest.fixture
+def fake_triton_scan(monkeypatch):
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(args)
+        return "fast"
+
+    monkeypatch.setitem(kernels._TRITON, "selective_scan", fake)
+    return calls
+
+
+@pytest.mark.parametrize("choice", ["", "auto", "reference"])
+def test_cpu_takes_reference(monkeypatch, choice):
+    monkeypatch.setenv("MAMBASEQ_KERNELS", choice)
+    assert all(backend_for(op, "cpu") == "reference" for op in kernels.OPS)
+
+
+def test_cuda_takes_registered_triton_kernel(monkeypatch, fake_triton_scan):
+    monkeypatch.delenv("MAMBASEQ_KERNELS", raising=False)
+    assert backend_for("selective_scan", "cuda:0") == "triton"
+    assert backend_for("causal_conv1d", "cuda:0") == "reference"  # nothing registered for it
+    assert backend_for("selective_scan", "cpu") == "reference"
+
+
+def test_reference_can_be_forced_on_cuda(monkeypatch, fake_triton_scan):
+    monkeypatch.setenv("MAMBASEQ_KERNELS", "reference")
+    assert backend_for("selective_scan", "cuda:0") == "reference"
+
+
+def test_forced_triton_without_kernel_is_an_error(monkeypatch):
+    monkeypatch.setenv("MAMBASEQ_KERNELS", "triton")
+    with pytest.raises(KernelBackendError, match="causal_conv1d"):
+        backend_for("causal_conv1d", "cuda:0")
+
+
+def test_forced_triton_on_cpu_is_an_error(monkeypatch, fake_triton_scan):
+    monkeypatch.setenv("MAMBASEQ_KERNELS", "triton")
+    with pytest.raises(KernelBackendError, match="CUDA tensors"):
+        backend_for("selective_scan", "cpu")
+
+
+def test_unknown_choice_is_an_error(monkeypatch):
+    monkeypatch.setenv("MAMBASEQ_KERNELS", "cuda")
+    with pytest.raises(KernelBackendError, match="MAMBASEQ_KERNELS"):
+        backend_for("selective_scan", "cpu")
+
+
+def test_public_op_calls_the_chosen_backend(monkeypatch, fake_triton_scan):
+    # Dispatch goes by the tensor's device: a CPU tensor never reaches the fake fast path.
+    monkeypatch.delenv("MAMBASEQ_KERNELS", raising=False)
+    u = torch.randn(1, 2, 3)
+    y = kernels.selective_scan(u, u, -torch.ones(2, 4), torch.randn(1, 4, 3), torch.randn(1, 4, 3))
+    assert isinstance(y, torch.Tensor) and not fake_triton_scan
+
+
+def test_report_covers_every_op_and_device():
+    report = backend_report(["cpu", "cuda:0"])
+    assert set(report) == {"cpu", "cuda:0"}
+    assert all(set(row) == set(kernels.OPS) for row in report.values())
