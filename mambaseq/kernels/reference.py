@@ -20,9 +20,10 @@ with delta = softplus(delta + delta_bias) when delta_softplus is set. Channel d 
 d // (dim // n_groups) of B and C. All accumulation happens in fp32 (or float64); y comes back in
 u's dtype.
 
-`selective_scan_ref` is the sequential loop (the specification). `selective_scan_chunked` gives
-the same result in a few hundred vectorised steps instead of L, fast enough to train small
-models on a CPU; autograd differentiates both.
+`selective_scan_ref` is the sequential loop (the specification; autograd differentiates it).
+`selective_scan_chunked` gives the same result in a few hundred vectorised steps instead of L,
+with a hand-written backward that recomputes states from chunk boundaries: fast enough to train
+small models on a CPU.
 """
 
 from __future__ import annotations
@@ -140,66 +141,163 @@ def selective_scan_ref(
     return (y, h) if return_final_state else y
 
 
-def _chunked_scan(p: _ScanInputs, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Core of the chunked scan on prepared inputs: returns (y without D/z, final_state).
+class _ChunkLayout:
+    """Views between (batch, dim, L) and the chunk-major layout (T, batch, G, nc, dg) the chunked
+    scan steps through: step t of every chunk at once, channels split into their B/C groups."""
 
-    The sequence is cut into nc chunks of T steps. Pass 1 scans every chunk from a zero state,
-    all chunks at once; the chunk-end states then carry the true state across chunks (nc small
-    steps, using the chunk's total decay exp(A * sum(delta))); pass 2 repeats the T steps from the
-    true chunk-start states and reads out y. Python-level steps: 2T + nc instead of L.
+    def __init__(self, batch: int, dim: int, d_state: int, L: int, groups: int, chunk_size: int) -> None:
+        self.batch, self.dim, self.N, self.L, self.G = batch, dim, d_state, L, groups
+        self.dg = dim // groups
+        self.T = max(1, min(chunk_size, L))
+        self.nc = math.ceil(L / self.T)
+        self.pad = self.nc * self.T - L
+
+    def steps(self, x: Tensor) -> Tensor:  # (batch, dim, L) -> (T, batch, G, nc, dg)
+        x = F.pad(x, (0, self.pad)) if self.pad else x
+        return x.reshape(self.batch, self.G, self.dg, self.nc, self.T).permute(4, 0, 1, 3, 2).contiguous()
+
+    def unsteps(self, x: Tensor) -> Tensor:  # (T, batch, G, nc, dg) -> (batch, dim, L)
+        x = x.permute(1, 2, 4, 3, 0).reshape(self.batch, self.dim, self.nc * self.T)
+        return x[..., : self.L]
+
+    def bc_steps(self, X: Tensor) -> Tensor:  # (batch, G, N, L) -> (T, batch, G, nc, N)
+        X = F.pad(X, (0, self.pad)) if self.pad else X
+        return X.reshape(self.batch, self.G, self.N, self.nc, self.T).permute(4, 0, 1, 3, 2).contiguous()
+
+    def bc_unsteps(self, X: Tensor) -> Tensor:  # (T, batch, G, nc, N) -> (batch, G, N, L)
+        X = X.permute(1, 2, 4, 3, 0).reshape(self.batch, self.G, self.N, self.nc * self.T)
+        return X[..., : self.L]
+
+    def per_channel(self, X: Tensor) -> Tensor:  # (dim, N) -> (1, G, 1, dg, N)
+        return X.reshape(1, self.G, 1, self.dg, self.N)
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t, y_t = <C_t, h_t>, in chunks of T steps.
+
+    Forward: pass 1 scans every chunk from a zero state (all chunks at once), the chunk-end
+    states carry the true state across chunks (nc small steps, using the chunk's total decay
+    exp(A * sum delta)), pass 2 repeats the T steps from the true chunk-start states and reads out
+    y. Python-level steps: 2T + nc instead of L, on buffers small enough to stay in cache.
+    Only the chunk-start states are saved; backward recomputes the states inside chunks and runs
+    the adjoint recurrence g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} the same two-pass way.
     """
-    batch, dim, L = p.u.shape
-    N = p.A.shape[1]
-    G = p.n_groups
-    dg = dim // G
-    T = max(1, min(chunk_size, L))
-    nc = math.ceil(L / T)
-    pad = nc * T - L
-    delta, u, B, C = p.delta, p.u, p.B, p.C
-    if pad:
-        # delta = 0 on padding: decay 1 and no input, so the state passes through unchanged.
-        delta, u = F.pad(delta, (0, pad)), F.pad(u, (0, pad))
-        B = B if B.dim() == 2 else F.pad(B, (0, pad))
-        C = C if C.dim() == 2 else F.pad(C, (0, pad))
 
-    def by_step(x: Tensor) -> Tensor:  # (batch, dim, nc*T) -> (T, batch, G, nc, dg)
-        return x.reshape(batch, G, dg, nc, T).permute(4, 0, 1, 3, 2)
+    @staticmethod
+    def forward(ctx, delta, u, A, B, C, h0, chunk_size):
+        batch, dim, L = u.shape
+        const_b, const_c = B.dim() == 2, C.dim() == 2
+        groups = B.shape[1] if not const_b else (C.shape[1] if not const_c else 1)
+        lay = _ChunkLayout(batch, dim, A.shape[1], L, groups, chunk_size)
+        dl, du = lay.steps(delta), lay.steps(delta * u)
+        Bs = lay.per_channel(B) if const_b else lay.bc_steps(B).unsqueeze(-2)  # (T, b, G, nc, 1, N)
+        Cs = lay.per_channel(C) if const_c else lay.bc_steps(C).unsqueeze(-1)  # (T, b, G, nc, N, 1)
+        Ag = lay.per_channel(A)
 
-    def bc_by_step(X: Tensor) -> Tensor:  # (batch, G, N, nc*T) -> (T, batch, G, nc, N)
-        return X.reshape(batch, G, N, nc, T).permute(4, 0, 1, 3, 2)
+        h = torch.zeros(batch, lay.G, lay.nc, lay.dg, lay.N, dtype=u.dtype, device=u.device)
+        decay, inp = torch.empty_like(h), torch.empty_like(h)
 
-    dl = by_step(delta)
-    du = by_step(delta * u)
-    Ag = p.A.view(1, G, 1, dg, N)
-    Bs = None if B.dim() == 2 else bc_by_step(B).unsqueeze(-2)  # (T, b, G, nc, 1, N)
-    B_const = B.view(1, G, 1, dg, N) if B.dim() == 2 else None
-    Cs = None if C.dim() == 2 else bc_by_step(C).unsqueeze(-1)  # (T, b, G, nc, N, 1)
-    C_const = C.view(1, G, 1, dg, N) if C.dim() == 2 else None
+        def load_step(t: int) -> None:
+            torch.mul(dl[t].unsqueeze(-1), Ag, out=decay).exp_()
+            torch.mul(du[t].unsqueeze(-1), Bs if const_b else Bs[t], out=inp)
 
-    decays, inputs = [], []
-    h = None
-    for t in range(T):
-        decay = torch.exp(dl[t].unsqueeze(-1) * Ag)
-        inp = du[t].unsqueeze(-1) * (Bs[t] if Bs is not None else B_const)
-        h = inp if h is None else torch.addcmul(inp, decay, h)
-        decays.append(decay)
-        inputs.append(inp)
+        for t in range(lay.T):
+            load_step(t)
+            h.mul_(decay).add_(inp)
+        starts = _carry_across_chunks(h, torch.exp(dl.sum(0).unsqueeze(-1) * Ag), h0.view(h[:, :, 0].shape))
+        final = starts[-1]
+        starts = torch.stack(starts[:-1], dim=2)
+        h.copy_(starts)
+        y = torch.empty(lay.T, batch, lay.G, lay.nc, lay.dg, dtype=u.dtype, device=u.device)
+        for t in range(lay.T):
+            load_step(t)
+            h.mul_(decay).add_(inp)
+            if const_c:
+                torch.sum(h * Cs, dim=-1, out=y[t])
+            else:
+                torch.matmul(h, Cs[t], out=y[t].unsqueeze(-1))
+        ctx.lay, ctx.const_b, ctx.const_c = lay, const_b, const_c
+        ctx.save_for_backward(delta, u, A, B, C, starts)
+        return lay.unsteps(y), final.reshape(batch, dim, lay.N)
 
-    chunk_decay = torch.exp(dl.sum(0).unsqueeze(-1) * Ag)  # (batch, G, nc, dg, N)
-    carried = p.h0.view(batch, G, dg, N)
-    starts = []
-    for c in range(nc):
-        starts.append(carried)
-        carried = torch.addcmul(h[:, :, c], chunk_decay[:, :, c], carried)
-    h = torch.stack(starts, dim=2)
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        delta, u, A, B, C, starts = ctx.saved_tensors
+        lay, const_b, const_c = ctx.lay, ctx.const_b, ctx.const_c
+        dl, du = lay.steps(delta), lay.steps(delta * u)
+        Bs = lay.per_channel(B) if const_b else lay.bc_steps(B).unsqueeze(-2)
+        Cs = lay.per_channel(C) if const_c else lay.bc_steps(C)  # (T, b, G, nc, N)
+        Ag = lay.per_channel(A)
+        dys = lay.steps(dy if dy is not None else torch.zeros_like(u))
+        shape = starts.shape  # (batch, G, nc, dg, N)
 
-    ys = []
-    for t in range(T):
-        h = torch.addcmul(inputs[t], decays[t], h)
-        ys.append(torch.matmul(h, Cs[t]).squeeze(-1) if Cs is not None else (h * C_const).sum(-1))
-    y = torch.stack(ys, dim=-1)  # (batch, G, nc, dg, T)
-    y = y.permute(0, 1, 3, 2, 4).reshape(batch, dim, nc * T)[..., :L]
-    return y, carried.reshape(batch, dim, N)
+        def decay_at(t: int) -> Tensor:
+            return torch.exp(dl[t].unsqueeze(-1) * Ag)
+
+        def output_grad(t: int) -> Tensor:  # C_t dy_t: (batch, G, nc, dg, N)
+            return dys[t].unsqueeze(-1) * (Cs if const_c else Cs[t].unsqueeze(-2))
+
+        # States inside every chunk, recomputed from the saved chunk-start states.
+        states = torch.empty((lay.T, *shape), dtype=u.dtype, device=u.device)
+        h = starts
+        for t in range(lay.T):
+            h = torch.addcmul(du[t].unsqueeze(-1) * (Bs if const_b else Bs[t]), decay_at(t), h)
+            states[t] = h
+
+        # Adjoint pass 1: every chunk from a zero gradient at its end, to get the gradient each
+        # chunk passes to its start state on its own.
+        g = torch.zeros(shape, dtype=u.dtype, device=u.device)
+        for t in reversed(range(lay.T)):
+            g = decay_at(t) * (g + output_grad(t))
+        final_grad = torch.zeros_like(g[:, :, 0]) if dfinal is None else dfinal.reshape(g[:, :, 0].shape)
+        ends = _carry_across_chunks(g.flip(2), torch.exp(dl.sum(0).unsqueeze(-1) * Ag).flip(2),
+                                    final_grad)
+        dh0 = ends[-1]
+        carry = torch.stack(ends[:-1], dim=2).flip(2)  # gradient reaching each chunk's end state
+
+        # Adjoint pass 2: the true gradients, and from them every input's gradient.
+        d_du = torch.empty_like(dl)
+        d_dl = torch.empty_like(dl)
+        dA_acc = torch.zeros(shape, dtype=u.dtype, device=u.device)
+        dB_steps = None if const_b else torch.empty(lay.T, lay.batch, lay.G, lay.nc, lay.N,
+                                                    dtype=u.dtype, device=u.device)
+        dC_steps = None if const_c else torch.empty_like(dB_steps if dB_steps is not None else Cs)
+        dB_acc = torch.zeros(shape, dtype=u.dtype, device=u.device) if const_b else None
+        dC_acc = torch.zeros(shape, dtype=u.dtype, device=u.device) if const_c else None
+        g = carry
+        for t in reversed(range(lay.T)):
+            g = g + output_grad(t)
+            h_prev = states[t - 1] if t > 0 else starts
+            if const_c:
+                dC_acc.addcmul_(dys[t].unsqueeze(-1), states[t])
+            else:
+                torch.matmul(dys[t].unsqueeze(-2), states[t], out=dC_steps[t].unsqueeze(-2))
+            if const_b:
+                d_du[t] = (g * Bs).sum(-1)
+                dB_acc.addcmul_(g, du[t].unsqueeze(-1))
+            else:
+                torch.matmul(g, Bs[t].transpose(-1, -2), out=d_du[t].unsqueeze(-1))
+                torch.matmul(du[t].unsqueeze(-2), g, out=dB_steps[t].unsqueeze(-2))
+            a = decay_at(t)
+            d_exponent = g * h_prev * a  # gradient of exp's argument delta_t * A
+            d_dl[t] = (d_exponent * Ag).sum(-1)
+            dA_acc.addcmul_(d_exponent, dl[t].unsqueeze(-1))
+            g = a * g
+        d_du, d_dl = lay.unsteps(d_du), lay.unsteps(d_dl)
+        d_delta = d_dl + d_du * u
+        d_u = d_du * delta
+        dA = dA_acc.sum(dim=(0, 2)).reshape(A.shape)
+        dB = dB_acc.sum(dim=(0, 2)).reshape(B.shape) if const_b else lay.bc_unsteps(dB_steps)
+        dC = dC_acc.sum(dim=(0, 2)).reshape(C.shape) if const_c else lay.bc_unsteps(dC_steps)
+        return d_delta, d_u, dA, dB, dC, dh0.reshape(lay.batch, lay.dim, lay.N), None
+
+
+def _carry_across_chunks(local_end: Tensor, chunk_decay: Tensor, start: Tensor) -> list[Tensor]:
+    """s_0 = start, s_{c+1} = chunk_decay[c] * s_c + local_end[c] over dim 2; returns [s_0 .. s_nc]."""
+    carried = [start]
+    for c in range(local_end.shape[2]):
+        carried.append(torch.addcmul(local_end[:, :, c], chunk_decay[:, :, c], carried[-1]))
+    return carried
 
 
 def selective_scan_chunked(
@@ -225,7 +323,7 @@ def selective_scan_chunked(
     if u.shape[2] == 0:
         y, last = p.u.new_zeros(p.u.shape), p.h0
     else:
-        y, last = _chunked_scan(p, chunk_size)
+        y, last = _ChunkedScan.apply(p.delta, p.u, p.A, p.B, p.C, p.h0, chunk_size)
     y = _finish(y, p.u, D, z, u.dtype)
     return (y, last) if return_final_state else y
 
