@@ -32,6 +32,10 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp (and some writers) leave the file private (0600); follow the umask instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -76,7 +80,10 @@ def read_model_dir(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or "model" not in document:
         raise CheckpointError(f"{path}: not a mambaseq model config (missing 'format': '{FORMAT}')")
-    if document.get("format_version", 0) > FORMAT_VERSION:
+    version = document.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {document['format_version']} is newer than this "
                               f"mambaseq ({__version__}) reads; upgrade mambaseq")
     try:

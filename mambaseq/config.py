@@ -43,7 +43,8 @@ class MambaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
+        if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or isinstance(self.dt_rank, bool)
+                                       or self.dt_rank < 1):
             problems.append(f"dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
         if not 0 < self.dt_min <= self.dt_max:
             problems.append(f"need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")

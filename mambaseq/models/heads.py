@@ -12,7 +12,7 @@ def pool(hidden: Tensor, how: str = "mean", mask: Tensor | None = None) -> Tenso
     """hidden: (batch, L, d) -> (batch, d). mask: (batch, L), True where a position counts.
 
     "last" takes the last counted position: for a causal model the only one that has seen the
-    whole sequence.
+    whole sequence. A row with no counted position pools to zeros.
     """
     if how not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {how!r}")
@@ -24,13 +24,15 @@ def pool(hidden: Tensor, how: str = "mean", mask: Tensor | None = None) -> Tenso
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
     if how == "max":
-        return hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
-    positions = torch.arange(L, device=hidden.device).expand(batch, L)
-    if how == "first":
-        index = torch.where(mask, positions, L).amin(1).clamp(max=L - 1)
+        pooled = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
     else:
-        index = torch.where(mask, positions, -1).amax(1).clamp(min=0)
-    return hidden[torch.arange(batch, device=hidden.device), index]
+        positions = torch.arange(L, device=hidden.device).expand(batch, L)
+        if how == "first":
+            index = torch.where(mask, positions, L).amin(1).clamp(max=L - 1)
+        else:
+            index = torch.where(mask, positions, -1).amax(1).clamp(min=0)
+        pooled = hidden[torch.arange(batch, device=hidden.device), index]
+    return pooled.masked_fill(~mask.any(1, keepdim=True), 0.0)
 
 
 class ClassificationHead(nn.Module):

@@ -20,20 +20,22 @@ from mambaseq.kernels.reference import (
 
 def make_scan_inputs(batch, dim, d_state, L, groups=1, const_b=False, const_c=False,
                      dtype=torch.float32, with_state=True):
+    # Inputs in `dtype`; A, D, delta_bias and the state in fp32 (float64 when dtype is float64).
+    param = torch.float64 if dtype == torch.float64 else torch.float32
+
     def rnd(*shape, dt=dtype):
         return torch.randn(*shape, dtype=dt)
 
     return dict(
         u=rnd(batch, dim, L),
         delta=rnd(batch, dim, L) * 0.5,
-        A=-torch.rand(dim, d_state, dtype=torch.float64 if dtype == torch.float64 else torch.float32) * 4 - 0.1,
+        A=-torch.rand(dim, d_state, dtype=param) * 4 - 0.1,
         B=rnd(dim, d_state) if const_b else rnd(batch, groups, d_state, L),
         C=rnd(dim, d_state) if const_c else rnd(batch, groups, d_state, L),
-        D=rnd(dim, dt=torch.float64 if dtype == torch.float64 else torch.float32),
+        D=rnd(dim, dt=param),
         z=rnd(batch, dim, L),
-        delta_bias=rnd(dim, dt=torch.float64 if dtype == torch.float64 else torch.float32) * 0.5,
-        initial_state=rnd(batch, dim, d_state, dt=torch.float64 if dtype == torch.float64 else torch.float32)
-        if with_state else None,
+        delta_bias=rnd(dim, dt=param) * 0.5,
+        initial_state=rnd(batch, dim, d_state, dt=param) if with_state else None,
     )
 
 
@@ -60,7 +62,8 @@ def test_loop_matches_scalar_recurrence(seed):
     assert last[0, 0].tolist() == pytest.approx(h, rel=1e-12)
 
 
-@pytest.mark.parametrize("batch,dim,d_state,L", [(1, 4, 4, 1), (2, 8, 16, 37), (2, 6, 8, 130), (1, 16, 4, 257)])
+@pytest.mark.parametrize("batch,dim,d_state,L",
+                         [(1, 4, 4, 1), (2, 8, 16, 37), (2, 6, 8, 130), (1, 16, 4, 257)])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("chunk_size", [1, 16, 128])
 def test_chunked_matches_loop_float64(seed, batch, dim, d_state, L, groups, chunk_size):
