@@ -2,8 +2,14 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
+
+# Without a GPU, Triton kernels run on the CPU through Triton's interpreter. It must be chosen
+# before any kernel is defined, so here, before the tests import mambaseq's kernel modules.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 
 
 @pytest.fixture

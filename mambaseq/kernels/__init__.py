@@ -22,6 +22,7 @@ chooses by device).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,10 @@ _REFERENCE: dict[str, Callable[..., Any]] = {
     "selective_state_update": reference.selective_state_update_ref,
 }
 
-# Triton fast paths register here when their module imports (CUDA and triton present).
+# Triton fast paths: op -> module of this package that defines a function of the op's name.
+# Imported on first use, so `import mambaseq` stays light and works without triton. (A module
+# must not carry an op's own name: importing it would rebind that name on this package.)
+_TRITON_MODULES: dict[str, str] = {"selective_scan": "selective_scan_triton"}
 _TRITON: dict[str, Callable[..., Any]] = {}
 
 
@@ -55,6 +59,13 @@ def register_triton(op: str, fn: Callable[..., Any]) -> None:
     if op not in OPS:
         raise KeyError(f"unknown op {op!r}")
     _TRITON[op] = fn
+
+
+def _triton_op(op: str) -> Callable[..., Any] | None:
+    if op not in _TRITON and op in _TRITON_MODULES and triton_version() is not None:
+        module = importlib.import_module(f".{_TRITON_MODULES[op]}", __name__)
+        _TRITON[op] = getattr(module, op)
+    return _TRITON.get(op)
 
 
 def requested_backend() -> str:
@@ -78,9 +89,10 @@ def backend_for(op: str, device: torch.device | str) -> str:
     choice = requested_backend()
     if choice == "reference":
         return "reference"
-    available = op in _TRITON and device.type == "cuda"
+    has_kernel = _triton_op(op) is not None
+    available = has_kernel and device.type == "cuda"
     if choice == "triton" and not available:
-        why = ("no Triton kernel is registered for it in this build" if op not in _TRITON
+        why = ("this build has no Triton kernel for it" if not has_kernel
                else f"Triton kernels run on CUDA tensors, not {device.type}")
         raise KernelBackendError(f"{ENV_VAR}=triton but {op} cannot use Triton: {why}")
     return "triton" if available else "reference"

@@ -57,8 +57,11 @@ class MambaMixer(nn.Module):
         With `state`, the sequence continues from it and the state is replaced by the one at the
         end (prefill and chunked streaming).
         """
+        batch, L, _ = hidden.shape
         d_inner = self.config.d_inner
-        xz = self.in_proj(hidden).transpose(1, 2)  # (batch, 2*d_inner, L), a view
+        # Projections are laid out (channels, batch*L) so that every (batch, dim, L) tensor the
+        # kernels read is contiguous along L (their coalesced axis) without extra copies.
+        xz = self._project_time_major(self.in_proj, hidden.reshape(batch * L, -1), batch)  # (b, 2*d_inner, L)
         x, z = xz[:, :d_inner], xz[:, d_inner:]
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         if state is None:
@@ -66,11 +69,13 @@ class MambaMixer(nn.Module):
         else:
             x, conv_state = causal_conv1d(x, conv_weight, self.conv1d.bias, activation="silu",
                                           initial_state=state.conv.to(x.dtype), return_final_state=True)
-        dt, B, C = self._split_dt_bc(self.x_proj(x.transpose(1, 2)))  # (batch, L, .)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (batch, d_inner, L)
+        x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * L, d_inner))  # (b*L, dt_rank + 2N)
+        dt, B, C = self._split_dt_bc(x_dbl)
+        delta = self._project_time_major(self.dt_proj, dt, batch, bias=False)  # (b, d_inner, L)
+        B = B.reshape(batch, L, 1, -1).permute(0, 2, 3, 1).contiguous()  # (b, 1, N, L)
+        C = C.reshape(batch, L, 1, -1).permute(0, 2, 3, 1).contiguous()
         A = -torch.exp(self.A_log.float())
         scan_args = dict(D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
-        B, C = B.transpose(1, 2).unsqueeze(1), C.transpose(1, 2).unsqueeze(1)  # (batch, 1, N, L)
         if state is None:
             y = selective_scan(x, delta, A, B, C, **scan_args)
         else:
@@ -78,6 +83,14 @@ class MambaMixer(nn.Module):
                                           return_final_state=True)
             state.conv, state.ssm = conv_state.to(state.conv.dtype), ssm_state.float()
         return self.out_proj(y.transpose(1, 2))
+
+    @staticmethod
+    def _project_time_major(linear: nn.Linear, rows: Tensor, batch: int, bias: bool = True) -> Tensor:
+        """linear(rows) for rows (batch*L, in), returned as (batch, out, L) contiguous along L."""
+        out = torch.matmul(linear.weight, rows.t())  # (out, batch*L)
+        if bias and linear.bias is not None:
+            out = out + linear.bias.to(out.dtype)[:, None]
+        return out.reshape(out.shape[0], batch, -1).transpose(0, 1)
 
     def step(self, hidden: Tensor, state: LayerState) -> Tensor:
         """One position: hidden (batch, d_model) -> (batch, d_model); updates `state` in place."""
