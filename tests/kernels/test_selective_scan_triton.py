@@ -12,7 +12,7 @@ from helpers import rel_err
 
 pytest.importorskip("triton")
 
-from mambaseq.kernels.reference import selective_scan_ref
+from mambaseq.kernels.reference import selective_scan_chunked, selective_scan_ref
 from mambaseq.kernels.selective_scan_triton import selective_scan as selective_scan_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
