@@ -6,20 +6,25 @@ Same signature and semantics as `reference.selective_scan_ref` (see that module 
     A: (dim, d_state) fp32;  B, C: (batch, n_groups, d_state, L) or (dim, d_state)
     D, delta_bias: (dim,) fp32;  initial_state / final_state: (batch, dim, d_state) fp32
 
-How it runs. A program owns BLOCK_D channels x d_state states of one batch row and walks its
-stretch of the sequence in tiles of BLOCK_L steps; inside a tile the recurrence
-h_t = a_t h_{t-1} + x_t is one `tl.associative_scan` over (a, x) pairs, and the state carries
-from tile to tile in registers. When batch x dim alone cannot fill the GPU (long DNA sequences),
-L is also cut into chunks run in parallel: pass 1 scans each chunk from a zero state, a small
-kernel carries the true state across chunk boundaries (with the chunk's total decay
-exp(A * sum(delta))), and pass 2 rescans from the true chunk-start states and writes y.
+How it runs. A program owns BLOCK_D channels (one per thread) x d_state states of one batch
+row and walks its stretch of the sequence in tiles of BLOCK_L steps. A tile is
+(BLOCK_L, d_state, BLOCK_D) with channels across threads and the time steps and states of a
+channel inside its thread, so the recurrence h_t = a_t h_{t-1} + x_t inside a tile (one
+`tl.associative_scan` over (a, x) pairs along time) and the sum over states need no data exchange
+between threads; the state carries from tile to tile in registers. When batch x dim alone cannot
+fill the GPU (long DNA sequences), L is also cut into chunks run in parallel: pass 1 scans each
+chunk from a zero state, a small kernel carries the true state across chunk boundaries (with the
+chunk's total decay exp(A * sum(delta))), and pass 2 rescans from the true chunk-start states and
+writes y.
 
-Backward recomputes: the forward saves only the state at the start of every tile
-(4 * d_state bytes per channel per BLOCK_L tokens), and the backward rebuilds the states of a
-tile from it, runs the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} right to left as a
-second associative scan, and forms every gradient in the same pass. Chunks run in parallel the
-same two-pass way. dB and dC (shared across the channels of a group) are accumulated with fp32
-atomics; dA, dD and d(delta_bias) as per-program partial sums reduced afterwards.
+Backward recomputes: the forward saves only the state at the start of every chunk
+(4 * d_state bytes per channel per chunk). The backward first reruns the forward recurrence to get
+the state at the start of every tile (a transient buffer), then walks each chunk's tiles right
+to left: it rebuilds the states of the tile, runs the adjoint recurrence
+g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse associative scan, and forms every gradient in the
+same pass. Chunks run in parallel the same two-pass way. dB and dC (shared across the channels of
+a group) are accumulated with fp32 atomics; dA, dD and d(delta_bias) as per-program partial sums
+reduced afterwards.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ def _scan_fwd_kernel(
     B_CONST: tl.constexpr, C_CONST: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_TILES: tl.constexpr,
     SUM_DELTA: tl.constexpr,
 ):
+    # Tiles are (BLOCK_L, N_P2, BLOCK_D): channels across threads, time steps and states inside
+    # each thread, so the scan over time and the sum over states need no data exchange.
     pid_bd = tl.program_id(0)
     c = tl.program_id(1)
     n_dblocks = tl.cdiv(dim, BLOCK_D)
@@ -78,19 +85,21 @@ def _scan_fwd_kernel(
     offs_n = tl.arange(0, N_P2)
     offs_t = tl.arange(0, BLOCK_L)
     mask_d = offs_d < dim
-    mask_dn = mask_d[:, None] & (offs_n[None, :] < DSTATE)
+    mask_n = offs_n < DSTATE
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    nd_idx = offs_d[None, :] * DSTATE + offs_n[:, None]
 
-    A2 = tl.load(A_ptr + offs_d[:, None] * DSTATE + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
-    state_idx = ((b * n_chunks + c) * dim + offs_d[:, None]) * DSTATE + offs_n[None, :]
-    h = tl.load(h_in_ptr + state_idx, mask=mask_dn, other=0.0)
+    A2 = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0) * 1.4426950408889634
+    state_idx = (b * n_chunks + c) * dim * DSTATE + nd_idx
+    h = tl.load(h_in_ptr + state_idx, mask=mask_nd, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     if B_CONST:
-        B_dn = tl.load(B_ptr + offs_d[:, None] * DSTATE + offs_n[None, :], mask=mask_dn, other=0.0)
+        B_nd = tl.load(B_ptr + nd_idx, mask=mask_nd, other=0.0)
     if C_CONST:
-        C_dn = tl.load(C_ptr + offs_d[:, None] * DSTATE + offs_n[None, :], mask=mask_dn, other=0.0)
+        C_nd = tl.load(C_ptr + nd_idx, mask=mask_nd, other=0.0)
     dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     l_start = c * chunk_len
@@ -98,49 +107,49 @@ def _scan_fwd_kernel(
     for l0 in range(l_start, l_end, BLOCK_L):
         offs_l = l0 + offs_t
         mask_l = offs_l < l_end
-        m2 = mask_d[:, None] & mask_l[None, :]
+        m2 = mask_l[:, None] & mask_d[None, :]
+        mask_ln = mask_l[:, None] & mask_n[None, :]
         if SAVE_TILES:
             tile = l0 // BLOCK_L
-            tl.store(tiles_ptr + ((b * n_tiles_total + tile) * dim + offs_d[:, None]) * DSTATE + offs_n[None, :],
-                     h, mask=mask_dn)
-        dt = tl.load(delta_ptr + b * s_dt_b + offs_d[:, None] * s_dt_d + offs_l[None, :] * s_dt_l,
+            tl.store(tiles_ptr + (b * n_tiles_total + tile) * dim * DSTATE + nd_idx, h, mask=mask_nd)
+        dt = tl.load(delta_ptr + b * s_dt_b + offs_l[:, None] * s_dt_l + offs_d[None, :] * s_dt_d,
                      mask=m2, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            dt = dt + bias[:, None]
+            dt = dt + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(m2, dt, 0.0)
-        uu = tl.load(u_ptr + b * s_u_b + offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l,
+        uu = tl.load(u_ptr + b * s_u_b + offs_l[:, None] * s_u_l + offs_d[None, :] * s_u_d,
                      mask=m2, other=0.0).to(tl.float32)
         if SUM_DELTA:
-            dsum += tl.sum(dt, axis=1)
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+            dsum += tl.sum(dt, axis=0)
+        a = tl.exp2(dt[:, None, :] * A2[None, :, :])
         if B_CONST:
-            Bt = B_dn[:, :, None]
+            Bt = B_nd[None, :, :]
         else:
-            Bt = tl.load(B_ptr + b * s_B_b + g * s_B_g + offs_n[:, None] * s_B_n + offs_l[None, :] * s_B_l,
-                         mask=(offs_n[:, None] < DSTATE) & mask_l[None, :], other=0.0).to(tl.float32)[None, :, :]
+            Bt = tl.load(B_ptr + b * s_B_b + g * s_B_g + offs_l[:, None] * s_B_l + offs_n[None, :] * s_B_n,
+                         mask=mask_ln, other=0.0).to(tl.float32)[:, :, None]
         x = (dt * uu)[:, None, :] * Bt
-        a_cum, x_cum = tl.associative_scan((a, x), 2, _affine_combine)
-        hs = a_cum * h[:, :, None] + x_cum
+        a_cum, x_cum = tl.associative_scan((a, x), 0, _affine_combine)
+        hs = a_cum * h[None, :, :] + x_cum
         if WRITE_Y:
             if C_CONST:
-                Ct = C_dn[:, :, None]
+                Ct = C_nd[None, :, :]
             else:
-                Ct = tl.load(C_ptr + b * s_C_b + g * s_C_g + offs_n[:, None] * s_C_n + offs_l[None, :] * s_C_l,
-                             mask=(offs_n[:, None] < DSTATE) & mask_l[None, :], other=0.0).to(tl.float32)[None, :, :]
+                Ct = tl.load(C_ptr + b * s_C_b + g * s_C_g + offs_l[:, None] * s_C_l + offs_n[None, :] * s_C_n,
+                             mask=mask_ln, other=0.0).to(tl.float32)[:, :, None]
             yt = tl.sum(hs * Ct, axis=1)
             if HAS_D:
-                yt += Dv[:, None] * uu
+                yt += Dv[None, :] * uu
             if HAS_Z:
-                zz = tl.load(z_ptr + b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l,
+                zz = tl.load(z_ptr + b * s_z_b + offs_l[:, None] * s_z_l + offs_d[None, :] * s_z_d,
                              mask=m2, other=0.0).to(tl.float32)
                 yt = yt * zz * tl.sigmoid(zz)
-            tl.store(y_ptr + b * s_y_b + offs_d[:, None] * s_y_d + offs_l[None, :] * s_y_l,
+            tl.store(y_ptr + b * s_y_b + offs_l[:, None] * s_y_l + offs_d[None, :] * s_y_d,
                      yt.to(y_ptr.dtype.element_ty), mask=m2)
-        # Padding steps have a = 1 and x = 0, so the last column is the state at l_end - 1.
-        h = tl.sum(tl.where(offs_t[None, None, :] == BLOCK_L - 1, hs, 0.0), axis=2)
-    tl.store(h_out_ptr + state_idx, h, mask=mask_dn)
+        # Padding steps have a = 1 and x = 0, so the last row is the state at l_end - 1.
+        h = tl.sum(tl.where(offs_t[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
+    tl.store(h_out_ptr + state_idx, h, mask=mask_nd)
     if SUM_DELTA:
         tl.store(dsum_ptr + (b * n_chunks + c) * dim + offs_d, dsum, mask=mask_d)
 
@@ -199,27 +208,27 @@ def _scan_bwd_kernel(
     offs_t = tl.arange(0, BLOCK_L)
     mask_d = offs_d < dim
     mask_n = offs_n < DSTATE
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    dn_idx = offs_d[:, None] * DSTATE + offs_n[None, :]
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    nd_idx = offs_d[None, :] * DSTATE + offs_n[:, None]
 
-    A = tl.load(A_ptr + dn_idx, mask=mask_dn, other=0.0)
+    A = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0)
     A2 = A * 1.4426950408889634
-    state_idx = ((b * n_chunks + c) * dim + offs_d[:, None]) * DSTATE + offs_n[None, :]
+    state_idx = (b * n_chunks + c) * dim * DSTATE + nd_idx
     if LOCAL_ONLY:
-        carry = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+        carry = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
     else:
-        carry = tl.load(carry_ptr + state_idx, mask=mask_dn, other=0.0)
+        carry = tl.load(carry_ptr + state_idx, mask=mask_nd, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     if B_CONST:
-        B_dn = tl.load(B_ptr + dn_idx, mask=mask_dn, other=0.0)
-        dB_acc = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+        B_nd = tl.load(B_ptr + nd_idx, mask=mask_nd, other=0.0)
+        dB_acc = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
     if C_CONST:
-        C_dn = tl.load(C_ptr + dn_idx, mask=mask_dn, other=0.0)
-        dC_acc = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+        C_nd = tl.load(C_ptr + nd_idx, mask=mask_nd, other=0.0)
+        dC_acc = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
+    dA_acc = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
@@ -230,125 +239,133 @@ def _scan_bwd_kernel(
         l0 = l_start + (n_tiles - 1 - i) * BLOCK_L
         offs_l = l0 + offs_t
         mask_l = offs_l < l_end
-        m2 = mask_d[:, None] & mask_l[None, :]
-        mask_nl = mask_n[:, None] & mask_l[None, :]
-        dt_raw = tl.load(delta_ptr + b * s_dt_b + offs_d[:, None] * s_dt_d + offs_l[None, :] * s_dt_l,
+        m2 = mask_l[:, None] & mask_d[None, :]
+        mask_ln = mask_l[:, None] & mask_n[None, :]
+        dt_raw = tl.load(delta_ptr + b * s_dt_b + offs_l[:, None] * s_dt_l + offs_d[None, :] * s_dt_d,
                          mask=m2, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            dt_raw = dt_raw + bias[:, None]
+            dt_raw = dt_raw + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(dt_raw)
         else:
             dt = dt_raw
         dt = tl.where(m2, dt, 0.0)
-        uu = tl.load(u_ptr + b * s_u_b + offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l,
+        uu = tl.load(u_ptr + b * s_u_b + offs_l[:, None] * s_u_l + offs_d[None, :] * s_u_d,
                      mask=m2, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + b * s_dy_b + offs_d[:, None] * s_dy_d + offs_l[None, :] * s_dy_l,
+        dy = tl.load(dy_ptr + b * s_dy_b + offs_l[:, None] * s_dy_l + offs_d[None, :] * s_dy_d,
                      mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_ptr + b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l,
+            zz = tl.load(z_ptr + b * s_z_b + offs_l[:, None] * s_z_l + offs_d[None, :] * s_z_d,
                          mask=m2, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
             dyg = dy * zz * sz
         else:
             dyg = dy
         if C_CONST:
-            Ct = C_dn[:, :, None]
+            Ct = C_nd[None, :, :]
         else:
-            Ct = tl.load(C_ptr + b * s_C_b + g * s_C_g + offs_n[:, None] * s_C_n + offs_l[None, :] * s_C_l,
-                         mask=mask_nl, other=0.0).to(tl.float32)[None, :, :]
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+            Ct = tl.load(C_ptr + b * s_C_b + g * s_C_g + offs_l[:, None] * s_C_l + offs_n[None, :] * s_C_n,
+                         mask=mask_ln, other=0.0).to(tl.float32)[:, :, None]
+        a = tl.exp2(dt[:, None, :] * A2[None, :, :])
         cdy = Ct * dyg[:, None, :]
         if LOCAL_ONLY:
-            k_a, k_x = tl.associative_scan((a, a * cdy), 2, _affine_combine, reverse=True)
-            k = k_a * carry[:, :, None] + k_x
-            carry = tl.sum(tl.where(offs_t[None, None, :] == 0, k, 0.0), axis=2)
+            k_a, k_x = tl.associative_scan((a, a * cdy), 0, _affine_combine, reverse=True)
+            k = k_a * carry[None, :, :] + k_x
+            carry = tl.sum(tl.where(offs_t[:, None, None] == 0, k, 0.0), axis=0)
         else:
             if B_CONST:
-                Bt = B_dn[:, :, None]
+                Bt = B_nd[None, :, :]
             else:
-                Bt = tl.load(B_ptr + b * s_B_b + g * s_B_g + offs_n[:, None] * s_B_n + offs_l[None, :] * s_B_l,
-                             mask=mask_nl, other=0.0).to(tl.float32)[None, :, :]
+                Bt = tl.load(B_ptr + b * s_B_b + g * s_B_g + offs_l[:, None] * s_B_l + offs_n[None, :] * s_B_n,
+                             mask=mask_ln, other=0.0).to(tl.float32)[:, :, None]
             dtu = dt * uu
             x = dtu[:, None, :] * Bt
-            h_start = tl.load(tiles_ptr + ((b * n_tiles_total + l0 // BLOCK_L) * dim + offs_d[:, None]) * DSTATE
-                              + offs_n[None, :], mask=mask_dn, other=0.0)
-            a_cum, x_cum = tl.associative_scan((a, x), 2, _affine_combine)
-            hs = a_cum * h_start[:, :, None] + x_cum
+            h_start = tl.load(tiles_ptr + (b * n_tiles_total + l0 // BLOCK_L) * dim * DSTATE + nd_idx,
+                              mask=mask_nd, other=0.0)
+            a_cum, x_cum = tl.associative_scan((a, x), 0, _affine_combine)
+            hs = a_cum * h_start[None, :, :] + x_cum
             if HAS_Z:
                 y_pre = tl.sum(hs * Ct, axis=1)
                 if HAS_D:
-                    y_pre += Dv[:, None] * uu
+                    y_pre += Dv[None, :] * uu
                 dz = dy * y_pre * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l,
+                tl.store(dz_ptr + b * s_o_b + offs_l[:, None] * s_o_l + offs_d[None, :] * s_o_d,
                          dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            du = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+            du = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
             if HAS_D:
-                dD_acc += tl.sum(dyg * uu, axis=1)
-                du = dyg * Dv[:, None]
-            _fa, r, cv = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), cdy), 2, _adjoint_combine,
+                dD_acc += tl.sum(dyg * uu, axis=0)
+                du = dyg * Dv[None, :]
+            _fa, r, cv = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), cdy), 0, _adjoint_combine,
                                              reverse=True)
-            gr = cv + r * carry[:, :, None]  # dL/dh_t
-            carry = tl.sum(tl.where(offs_t[None, None, :] == 0, a * gr, 0.0), axis=2)
+            gr = cv + r * carry[None, :, :]  # dL/dh_t
+            carry = tl.sum(tl.where(offs_t[:, None, None] == 0, a * gr, 0.0), axis=0)
             decayed = hs - x  # a_t h_{t-1}
             if B_CONST:
-                dB_acc += tl.sum(gr * dtu[:, None, :], axis=2)
+                dB_acc += tl.sum(gr * dtu[:, None, :], axis=0)
             else:
-                dB_t = tl.sum(gr * dtu[:, None, :], axis=0)
-                tl.atomic_add(dB_ptr + ((b * n_groups + g) * DSTATE + offs_n[:, None]) * L + offs_l[None, :],
-                              dB_t, mask=mask_nl)
+                dB_t = tl.sum(gr * dtu[:, None, :], axis=2)
+                tl.atomic_add(dB_ptr + ((b * n_groups + g) * DSTATE + offs_n[None, :]) * L + offs_l[:, None],
+                              dB_t, mask=mask_ln)
             if C_CONST:
-                dC_acc += tl.sum(hs * dyg[:, None, :], axis=2)
+                dC_acc += tl.sum(hs * dyg[:, None, :], axis=0)
             else:
-                dC_t = tl.sum(hs * dyg[:, None, :], axis=0)
-                tl.atomic_add(dC_ptr + ((b * n_groups + g) * DSTATE + offs_n[:, None]) * L + offs_l[None, :],
-                              dC_t, mask=mask_nl)
-            ddt = tl.sum(gr * (decayed * A[:, :, None] + uu[:, None, :] * Bt), axis=1)
+                dC_t = tl.sum(hs * dyg[:, None, :], axis=2)
+                tl.atomic_add(dC_ptr + ((b * n_groups + g) * DSTATE + offs_n[None, :]) * L + offs_l[:, None],
+                              dC_t, mask=mask_ln)
+            ddt = tl.sum(gr * (decayed * A[None, :, :] + uu[:, None, :] * Bt), axis=1)
             du += tl.sum(gr * Bt, axis=1) * dt
-            dA_acc += tl.sum(gr * decayed * dt[:, None, :], axis=2)
+            dA_acc += tl.sum(gr * decayed * dt[:, None, :], axis=0)
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(dt_raw)
             ddt = tl.where(m2, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=1)
-            tl.store(du_ptr + b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l,
+            dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + b * s_o_b + offs_l[:, None] * s_o_l + offs_d[None, :] * s_o_d,
                      du.to(du_ptr.dtype.element_ty), mask=m2)
-            tl.store(ddelta_ptr + b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l,
+            tl.store(ddelta_ptr + b * s_o_b + offs_l[:, None] * s_o_l + offs_d[None, :] * s_o_d,
                      ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
 
     if LOCAL_ONLY:
-        tl.store(gloc_ptr + state_idx, carry, mask=mask_dn)
+        tl.store(gloc_ptr + state_idx, carry, mask=mask_nd)
     else:
         part = (b * n_chunks + c) * dim
-        tl.store(dA_part_ptr + (part + offs_d[:, None]) * DSTATE + offs_n[None, :], dA_acc, mask=mask_dn)
+        tl.store(dA_part_ptr + part * DSTATE + nd_idx, dA_acc, mask=mask_nd)
         tl.store(dD_part_ptr + part + offs_d, dD_acc, mask=mask_d)
         tl.store(dbias_part_ptr + part + offs_d, dbias_acc, mask=mask_d)
         if B_CONST:
-            tl.store(dB_part_ptr + (part + offs_d[:, None]) * DSTATE + offs_n[None, :], dB_acc, mask=mask_dn)
+            tl.store(dB_part_ptr + part * DSTATE + nd_idx, dB_acc, mask=mask_nd)
         if C_CONST:
-            tl.store(dC_part_ptr + (part + offs_d[:, None]) * DSTATE + offs_n[None, :], dC_acc, mask=mask_dn)
+            tl.store(dC_part_ptr + part * DSTATE + nd_idx, dC_acc, mask=mask_nd)
         if c == 0:
-            tl.store(dh0_ptr + (b * dim + offs_d[:, None]) * DSTATE + offs_n[None, :], carry, mask=mask_dn)
+            tl.store(dh0_ptr + b * dim * DSTATE + nd_idx, carry, mask=mask_nd)
 
 
-def _block_sizes(dim_per_group: int, block_d: int | None, block_l: int | None) -> tuple[int, int]:
+# Tile defaults, chosen by the sweep in benchmarks/scan.py on an H100 (see benchmarks/RESULTS.md).
+DEFAULT_BLOCK_L = 4
+DEFAULT_NUM_WARPS = 2
+TARGET_WARPS_PER_SM = 32
+
+
+def _block_sizes(dim_per_group: int, n_groups: int, block_d: int | None, block_l: int | None,
+                 num_warps: int) -> tuple[int, int]:
     if block_d is None:
-        # A block of channels must stay inside one group of B/C.
-        block_d = 4
-        while block_d > 1 and dim_per_group % block_d:
-            block_d //= 2
-    if dim_per_group % block_d:
+        block_d = min(32 * num_warps, triton.next_power_of_2(dim_per_group))  # one channel per thread
+        if n_groups > 1:
+            # A block of channels must stay inside one group of B/C.
+            while dim_per_group % block_d:
+                block_d //= 2
+    if n_groups > 1 and dim_per_group % block_d:
         raise ValueError(f"block_d={block_d} must divide dim // n_groups = {dim_per_group}")
-    return block_d, block_l or 32
+    return block_d, block_l or DEFAULT_BLOCK_L
 
 
-def _num_chunks(programs: int, L: int, block_l: int, device: torch.device) -> int:
+def _num_chunks(programs: int, num_warps: int, L: int, block_l: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    # Split L only when batch x dim leaves the GPU short of work, and keep chunks long enough
-    # (>= 16 tiles) that the extra pass over each chunk stays cheap.
-    wanted = math.ceil(4 * sms / programs)
-    return max(1, min(wanted, L // (16 * block_l)))
+    # Split L only when batch x dim leaves the GPU short of warps, and keep chunks long enough
+    # (>= 32 tiles) that the extra pass over each chunk stays cheap.
+    wanted = math.ceil(TARGET_WARPS_PER_SM * sms / (programs * num_warps))
+    return max(1, min(wanted, L // (32 * block_l)))
 
 
 def _strides3(x: Tensor) -> tuple[int, int, int]:
@@ -364,7 +381,7 @@ class _Plan:
 
     def __init__(self, u: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int | None,
                  block_d: int | None, block_l: int | None, num_warps: int | None = None) -> None:
-        self.num_warps = num_warps or 4
+        self.num_warps = num_warps or DEFAULT_NUM_WARPS
         self.batch, self.dim, self.L = u.shape
         self.N = A.shape[1]
         self.N_P2 = triton.next_power_of_2(self.N)
@@ -372,10 +389,10 @@ class _Plan:
         groups = {X.shape[1] for X in (B, C) if X.dim() == 4}
         self.G = groups.pop() if groups else 1
         self.dim_per_group = self.dim // self.G
-        self.block_d, self.block_l = _block_sizes(self.dim_per_group, block_d, block_l)
+        self.block_d, self.block_l = _block_sizes(self.dim_per_group, self.G, block_d, block_l, self.num_warps)
         self.n_dblocks = triton.cdiv(self.dim, self.block_d)
         if chunk_len is None:
-            n_chunks = _num_chunks(self.batch * self.n_dblocks, self.L, self.block_l, u.device)
+            n_chunks = _num_chunks(self.batch * self.n_dblocks, self.num_warps, self.L, self.block_l, u.device)
             chunk_len = triton.cdiv(self.L, n_chunks)
         self.chunk_len = max(self.block_l, triton.cdiv(chunk_len, self.block_l) * self.block_l)
         self.n_chunks = max(1, triton.cdiv(self.L, self.chunk_len))
@@ -392,38 +409,48 @@ def _states(plan: _Plan, n: int, like: Tensor, zero: bool = True) -> Tensor:
     return make(plan.batch, n, plan.dim, plan.N, device=like.device, dtype=torch.float32)
 
 
+def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h_in, h_out, tiles, dsum,
+                write_y: bool, save_tiles: bool, sum_delta: bool) -> None:
+    _scan_fwd_kernel[plan.grid](
+        u, delta, delta_bias, A, B, C, D, z, y, h_in, h_out, tiles, dsum,
+        plan.L, plan.chunk_len, plan.n_chunks, plan.n_tiles, plan.dim, plan.dim_per_group,
+        *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
+        *(_strides3(y) if y is not None else (0, 0, 0)), *_bc_strides(B), *_bc_strides(C),
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
+        WRITE_Y=write_y, SAVE_TILES=save_tiles, SUM_DELTA=sum_delta, **plan.meta())
+
+
 def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0):
+    """Returns y, the final state, the state at the start of every chunk, and per-chunk sum(delta)."""
     y = torch.empty(plan.batch, plan.dim, plan.L, device=u.device, dtype=u.dtype)
-    tiles = _states(plan, plan.n_tiles, u, zero=False)
     dsum = torch.empty(plan.batch, plan.n_chunks, plan.dim, device=u.device, dtype=torch.float32)
     final = torch.empty(plan.batch, plan.dim, plan.N, device=u.device, dtype=torch.float32)
-    common = (plan.L, plan.chunk_len, plan.n_chunks, plan.n_tiles, plan.dim, plan.dim_per_group,
-              *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(y),
-              *_bc_strides(B), *_bc_strides(C))
-    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-                 **plan.meta())
+    inputs = (u, delta, A, B, C, D, z, delta_bias, softplus)
     if plan.n_chunks == 1:
         starts = h0.view(plan.batch, 1, plan.dim, plan.N)
     else:
         local = _states(plan, plan.n_chunks, u, zero=False)
-        _scan_fwd_kernel[plan.grid](
-            u, delta, delta_bias, A, B, C, D, z, y, _states(plan, plan.n_chunks, u), local, tiles, dsum,
-            *common, WRITE_Y=False, SAVE_TILES=False, SUM_DELTA=True, **flags)
+        _fwd_launch(plan, *inputs, None, _states(plan, plan.n_chunks, u), local, None, dsum,
+                    write_y=False, save_tiles=False, sum_delta=True)
         starts = _states(plan, plan.n_chunks, u, zero=False)
         _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
             A, dsum, local, starts, h0, final, plan.n_chunks, plan.dim,
             DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False)
     ends = _states(plan, plan.n_chunks, u, zero=False)
-    _scan_fwd_kernel[plan.grid](
-        u, delta, delta_bias, A, B, C, D, z, y, starts, ends, tiles, dsum,
-        *common, WRITE_Y=True, SAVE_TILES=True, SUM_DELTA=plan.n_chunks == 1, **flags)
+    _fwd_launch(plan, *inputs, y, starts, ends, None, dsum, write_y=True, save_tiles=False,
+                sum_delta=plan.n_chunks == 1)
     if plan.n_chunks == 1:
         final = ends[:, 0]
-    return y, final, tiles, dsum
+    return y, final, starts, dsum
 
 
-def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, tiles, dsum):
+def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, starts, dsum):
     dev = u.device
+    inputs = (u, delta, A, B, C, D, z, delta_bias, softplus)
+    # Recompute the state at the start of every tile from the saved chunk-start states.
+    tiles = _states(plan, plan.n_tiles, u, zero=False)
+    _fwd_launch(plan, *inputs, None, starts, _states(plan, plan.n_chunks, u, zero=False), tiles, dsum,
+                write_y=False, save_tiles=True, sum_delta=False)
     du = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=u.dtype)
     ddelta = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=delta.dtype)
     dz = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=z.dtype) if z is not None else None
@@ -438,8 +465,8 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
     if dfinal is None:
         dfinal = torch.zeros(plan.batch, plan.dim, plan.N, device=dev, dtype=torch.float32)
     dfinal = dfinal.float().contiguous()
-    args = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-                **plan.meta())
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
+                 **plan.meta())
 
     def launch(carry, local_only, gloc=None):
         _scan_bwd_kernel[plan.grid](
@@ -447,7 +474,7 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
             parts, dD_part, dbias_part, dB_part, dC_part, dh0, gloc,
             plan.L, plan.chunk_len, plan.n_chunks, plan.n_tiles, plan.dim, plan.dim_per_group, plan.G,
             *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy),
-            *_bc_strides(B), *_bc_strides(C), *_strides3(du), LOCAL_ONLY=local_only, **args)
+            *_bc_strides(B), *_bc_strides(C), *_strides3(du), LOCAL_ONLY=local_only, **flags)
 
     if plan.n_chunks == 1:
         carry = dfinal.view(plan.batch, 1, plan.dim, plan.N)
@@ -483,19 +510,19 @@ class SelectiveScanFn(torch.autograd.Function):
         if h0 is None:
             h0 = torch.zeros(plan.batch, plan.dim, plan.N, device=u.device, dtype=torch.float32)
         h0 = h0.float().contiguous()
-        y, final, tiles, dsum = _scan_forward(plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0)
+        y, final, starts, dsum = _scan_forward(plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0)
         ctx.bc_shapes = (B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, tiles, dsum)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts, dsum)
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        u, delta, A, B, C, D, z, delta_bias, tiles, dsum = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, starts, dsum = ctx.saved_tensors
         plan = ctx.plan
         if dy is None:
             dy = torch.zeros_like(u)
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _scan_backward(
-            plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, tiles, dsum)
+            plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, starts, dsum)
         b_shape, c_shape, b_dtype, c_dtype = ctx.bc_shapes
         dB = dB.reshape(b_shape).to(b_dtype)
         dC = dC.reshape(c_shape).to(c_dtype)
