@@ -69,9 +69,33 @@ def check_once(row: dict, dtype: torch.dtype, **config) -> float:
     return ((ours - ref).norm() / ref.norm()).item()
 
 
+def breakdown() -> list[dict]:
+    """Backward-only time against forward, and with constant B/C (no cross-channel reduction of
+    dB/dC, no atomics), to see where the backward spends its time."""
+    out = []
+    for batch, dim, L in [(8, 1536, 2048), (1, 1024, 131072)]:
+        for const_bc in (False, True):
+            for config in (dict(block_l=2, num_warps=1), dict(block_l=4, num_warps=1), dict(block_l=4, num_warps=2)):
+                x = make_inputs(batch, dim, 16, L, torch.bfloat16, requires_grad=True)
+                if const_bc:
+                    x["B"] = torch.randn(dim, 16, device="cuda", requires_grad=True)
+                    x["C"] = torch.randn(dim, 16, device="cuda", requires_grad=True)
+                leaves = list(x.values())
+                with torch.no_grad():
+                    fwd = triton.testing.do_bench(lambda x=x, c=config: selective_scan(**x, **c), return_mode="median")
+                y = selective_scan(**x, **config)
+                dout = torch.randn_like(y)
+                bwd = triton.testing.do_bench(
+                    lambda y=y, leaves=leaves, dout=dout: torch.autograd.grad(y, leaves, dout, retain_graph=True),
+                    return_mode="median")
+                out.append(dict(batch=batch, dim=dim, L=L, const_bc=const_bc, **config, fwd_ms=fwd, bwd_ms=bwd))
+                print(out[-1], flush=True)
+    return out
+
+
 def sweep(rows: list[dict]) -> list[dict]:
     shapes = [r for r in rows if r["dtype"] == "bfloat16" and (r["seqlen"], r["dim"]) in
-              {(2048, 1536), (1048576, 256)}]
+              {(2048, 1536), (1048576, 256)} and r["batch"] < 2]
     results = []
     for row in shapes:
         for block_l in (2, 4, 8):
@@ -138,6 +162,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--model", action="store_true")
     parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--block-d", type=int)
     parser.add_argument("--block-l", type=int)
     parser.add_argument("--num-warps", type=int)
@@ -146,6 +171,8 @@ def main() -> None:
     with open(args.anchors) as f:
         anchors = json.load(f)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    if args.breakdown:
+        report["breakdown"] = breakdown()
     if args.sweep:
         report["sweep"] = sweep(anchors["rows"])
     config = {k: v for k, v in dict(block_d=args.block_d, block_l=args.block_l, num_warps=args.num_warps).items()

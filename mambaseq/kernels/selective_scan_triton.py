@@ -76,14 +76,15 @@ def _scan_fwd_kernel(
     # Tiles are (BLOCK_L, N_P2, BLOCK_D): channels across threads, time steps and states inside
     # each thread, so the scan over time and the sum over states need no data exchange.
     pid_bd = tl.program_id(0)
-    c = tl.program_id(1)
+    c = tl.program_id(1).to(tl.int64)
     n_dblocks = tl.cdiv(dim, BLOCK_D)
-    b = pid_bd // n_dblocks
+    # 64-bit offsets: at 1M-token contexts, offsets into states and inputs pass 2^31.
+    b = (pid_bd // n_dblocks).to(tl.int64)
     d0 = (pid_bd % n_dblocks) * BLOCK_D
     g = d0 // dim_per_group
-    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
     offs_n = tl.arange(0, N_P2)
-    offs_t = tl.arange(0, BLOCK_L)
+    offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
     mask_d = offs_d < dim
     mask_n = offs_n < DSTATE
     mask_nd = mask_n[:, None] & mask_d[None, :]
@@ -165,8 +166,8 @@ def _carry_chunks_kernel(
     # start[c] = e_c (the gradient reaching the end of chunk c).
     pid = tl.program_id(0)
     n_dblocks = tl.cdiv(dim, BLOCK_D)
-    b = pid // n_dblocks
-    offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    b = (pid // n_dblocks).to(tl.int64)
+    offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     offs_n = tl.arange(0, N_P2)
     mask_d = offs_d < dim
     mask_dn = mask_d[:, None] & (offs_n[None, :] < DSTATE)
@@ -198,14 +199,15 @@ def _scan_bwd_kernel(
     # LOCAL_ONLY: from a zero gradient at the chunk end, only the gradient the chunk passes to
     # its start state (k = a_t (C_t dy_t + k_{t+1}) right to left); no states needed.
     pid_bd = tl.program_id(0)
-    c = tl.program_id(1)
+    c = tl.program_id(1).to(tl.int64)
     n_dblocks = tl.cdiv(dim, BLOCK_D)
-    b = pid_bd // n_dblocks
+    # 64-bit offsets: at 1M-token contexts, offsets into states and inputs pass 2^31.
+    b = (pid_bd // n_dblocks).to(tl.int64)
     d0 = (pid_bd % n_dblocks) * BLOCK_D
     g = d0 // dim_per_group
-    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
     offs_n = tl.arange(0, N_P2)
-    offs_t = tl.arange(0, BLOCK_L)
+    offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
     mask_d = offs_d < dim
     mask_n = offs_n < DSTATE
     mask_nd = mask_n[:, None] & mask_d[None, :]

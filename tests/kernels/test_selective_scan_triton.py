@@ -134,3 +134,19 @@ def test_gpu_real_shapes(seed, batch, dim, L, dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_groups_and_long_chunks(seed):
     check(make_inputs(2, 128, 16, 20000, groups=4), torch.float32, chunk_len=2048)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_offsets_beyond_int32(seed):
+    # 2^21 steps in tiles of 2: the tile-state buffer holds > 2^31 elements. Tiles of 64 keep every
+    # offset small; both must agree, forward and backward.
+    x = make_inputs(1, 256, 16, 2**21, dtype=torch.bfloat16, with_state=False)
+    results = []
+    for block_l in (2, 64):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in x.items() if v is not None}
+        y = selective_scan_triton(**leaves, block_l=block_l, chunk_len=2**15)
+        y.float().square().mean().backward()
+        results.append((y.float(), leaves["u"].grad.float(), leaves["B"].grad.float()))
+    for small, big in zip(results[0], results[1], strict=True):
+        assert rel_err(small, big) < 2e-2
