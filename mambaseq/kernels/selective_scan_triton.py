@@ -342,13 +342,15 @@ def _scan_bwd_kernel(
 
 
 # Tile defaults, chosen by the sweep in benchmarks/scan.py on an H100 (see benchmarks/RESULTS.md).
-DEFAULT_BLOCK_L = 4
-DEFAULT_NUM_WARPS = 2
+# The forward gains from longer tiles; the backward holds ~10 tile-sized arrays per thread and
+# spills beyond 2 steps.
+DEFAULT_FWD_BLOCK_L = 8
+DEFAULT_BWD_BLOCK_L = 2
+DEFAULT_NUM_WARPS = 1
 TARGET_WARPS_PER_SM = 32
 
 
-def _block_sizes(dim_per_group: int, n_groups: int, block_d: int | None, block_l: int | None,
-                 num_warps: int) -> tuple[int, int]:
+def _block_d(dim_per_group: int, n_groups: int, block_d: int | None, num_warps: int) -> int:
     if block_d is None:
         block_d = min(32 * num_warps, triton.next_power_of_2(dim_per_group))  # one channel per thread
         if n_groups > 1:
@@ -357,7 +359,7 @@ def _block_sizes(dim_per_group: int, n_groups: int, block_d: int | None, block_l
                 block_d //= 2
     if n_groups > 1 and dim_per_group % block_d:
         raise ValueError(f"block_d={block_d} must divide dim // n_groups = {dim_per_group}")
-    return block_d, block_l or DEFAULT_BLOCK_L
+    return block_d
 
 
 def _num_chunks(programs: int, num_warps: int, L: int, block_l: int, device: torch.device) -> int:
@@ -391,18 +393,21 @@ class _Plan:
         groups = {X.shape[1] for X in (B, C) if X.dim() == 4}
         self.G = groups.pop() if groups else 1
         self.dim_per_group = self.dim // self.G
-        self.block_d, self.block_l = _block_sizes(self.dim_per_group, self.G, block_d, block_l, self.num_warps)
+        self.block_d = _block_d(self.dim_per_group, self.G, block_d, self.num_warps)
+        self.fwd_block_l = block_l or DEFAULT_FWD_BLOCK_L
+        self.bwd_block_l = block_l or DEFAULT_BWD_BLOCK_L
+        self.block_l = max(self.fwd_block_l, self.bwd_block_l)  # chunks hold whole tiles of both
         self.n_dblocks = triton.cdiv(self.dim, self.block_d)
         if chunk_len is None:
             n_chunks = _num_chunks(self.batch * self.n_dblocks, self.num_warps, self.L, self.block_l, u.device)
             chunk_len = triton.cdiv(self.L, n_chunks)
         self.chunk_len = max(self.block_l, triton.cdiv(chunk_len, self.block_l) * self.block_l)
         self.n_chunks = max(1, triton.cdiv(self.L, self.chunk_len))
-        self.n_tiles = max(1, triton.cdiv(self.L, self.block_l))
+        self.n_tiles = max(1, triton.cdiv(self.L, self.bwd_block_l))  # tiles whose start states backward uses
         self.grid = (self.batch * self.n_dblocks, self.n_chunks)
 
-    def meta(self) -> dict:
-        return dict(DSTATE=self.N, N_P2=self.N_P2, BLOCK_D=self.block_d, BLOCK_L=self.block_l,
+    def meta(self, block_l: int) -> dict:
+        return dict(DSTATE=self.N, N_P2=self.N_P2, BLOCK_D=self.block_d, BLOCK_L=block_l,
                     B_CONST=self.const_b, C_CONST=self.const_c, num_warps=self.num_warps)
 
 
@@ -419,7 +424,8 @@ def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h
         *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
         *(_strides3(y) if y is not None else (0, 0, 0)), *_bc_strides(B), *_bc_strides(C),
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-        WRITE_Y=write_y, SAVE_TILES=save_tiles, SUM_DELTA=sum_delta, **plan.meta())
+        WRITE_Y=write_y, SAVE_TILES=save_tiles, SUM_DELTA=sum_delta,
+        **plan.meta(plan.bwd_block_l if save_tiles else plan.fwd_block_l))
 
 
 def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0):
@@ -468,7 +474,7 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
         dfinal = torch.zeros(plan.batch, plan.dim, plan.N, device=dev, dtype=torch.float32)
     dfinal = dfinal.float().contiguous()
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-                 **plan.meta())
+                 **plan.meta(plan.bwd_block_l))
 
     def launch(carry, local_only, gloc=None):
         _scan_bwd_kernel[plan.grid](

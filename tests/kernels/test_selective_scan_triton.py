@@ -73,6 +73,11 @@ def test_matches_reference(seed, batch, dim, d_state, L, chunk_len):
     check(make_inputs(batch, dim, d_state, L), torch.float32, chunk_len=chunk_len, block_l=16)
 
 
+def test_default_tiles_differ_between_forward_and_backward(seed):
+    # Default tiles: 8 steps forward, 2 backward; chunks must hold whole tiles of both.
+    check(make_inputs(1, 8, 4, 50), torch.float32, chunk_len=12)
+
+
 @pytest.mark.parametrize("groups", [2, 4])
 def test_groups(seed, groups):
     check(make_inputs(2, 8, 4, 40, groups=groups), torch.float32, chunk_len=16, block_l=16)
