@@ -47,7 +47,12 @@ _REFERENCE: dict[str, Callable[..., Any]] = {
 # Triton fast paths: op -> module of this package that defines a function of the op's name.
 # Imported on first use, so `import mambaseq` stays light and works without triton. (A module
 # must not carry an op's own name: importing it would rebind that name on this package.)
-_TRITON_MODULES: dict[str, str] = {"selective_scan": "selective_scan_triton"}
+_TRITON_MODULES: dict[str, str] = {
+    "selective_scan": "selective_scan_triton",
+    "causal_conv1d": "conv1d",
+    "causal_conv1d_update": "conv1d",
+    "selective_state_update": "state_update",
+}
 _TRITON: dict[str, Callable[..., Any]] = {}
 
 

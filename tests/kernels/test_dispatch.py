@@ -27,11 +27,24 @@ def test_cpu_takes_reference(monkeypatch, choice):
     assert all(backend_for(op, "cpu") == "reference" for op in kernels.OPS)
 
 
-def test_cuda_takes_registered_triton_kernel(monkeypatch, fake_triton_scan):
+@pytest.fixture
+def no_triton_conv(monkeypatch):
+    monkeypatch.delitem(kernels._TRITON_MODULES, "causal_conv1d")
+    monkeypatch.delitem(kernels._TRITON, "causal_conv1d", raising=False)
+
+
+def test_cuda_takes_registered_triton_kernel(monkeypatch, fake_triton_scan, no_triton_conv):
     monkeypatch.delenv("MAMBASEQ_KERNELS", raising=False)
     assert backend_for("selective_scan", "cuda:0") == "triton"
-    assert backend_for("causal_conv1d", "cuda:0") == "reference"  # nothing registered for it
+    assert backend_for("causal_conv1d", "cuda:0") == "reference"  # no Triton kernel for it
     assert backend_for("selective_scan", "cpu") == "reference"
+
+
+@pytest.mark.parametrize("op", ["selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update"])
+def test_every_op_has_a_triton_kernel_for_cuda(monkeypatch, op):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("MAMBASEQ_KERNELS", raising=False)
+    assert backend_for(op, "cuda:0") == "triton"
 
 
 def test_reference_can_be_forced_on_cuda(monkeypatch, fake_triton_scan):
@@ -39,7 +52,7 @@ def test_reference_can_be_forced_on_cuda(monkeypatch, fake_triton_scan):
     assert backend_for("selective_scan", "cuda:0") == "reference"
 
 
-def test_forced_triton_without_kernel_is_an_error(monkeypatch):
+def test_forced_triton_without_kernel_is_an_error(monkeypatch, no_triton_conv):
     monkeypatch.setenv("MAMBASEQ_KERNELS", "triton")
     with pytest.raises(KernelBackendError, match="causal_conv1d"):
         backend_for("causal_conv1d", "cuda:0")
