@@ -93,6 +93,46 @@ def breakdown() -> list[dict]:
     return out
 
 
+def tune() -> list[dict]:
+    """Forward-only and backward-only medians for tile configurations, set through the module's
+    FWD_TILE / BWD_TILE defaults (bf16, the call of the anchor)."""
+    from mambaseq.kernels import selective_scan_triton as sst
+
+    fwd_default, bwd_default = dict(sst.FWD_TILE), dict(sst.BWD_TILE)
+    out = []
+    for batch, dim, L in [(8, 1536, 2048), (1, 1024, 131072), (1, 256, 1048576)]:
+        x = make_inputs(batch, dim, 16, L, torch.bfloat16, requires_grad=True)
+        leaves = list(x.values())
+        for block_l, block_d, warps in [(8, 32, 1), (8, 64, 1), (8, 64, 2), (16, 32, 1), (4, 64, 1)]:
+            sst.FWD_TILE.update(block_l=block_l, block_d=block_d, num_warps=warps)
+            try:
+                with torch.no_grad():
+                    ms = triton.testing.do_bench(lambda x=x: selective_scan(**x), return_mode="median")
+            except Exception as err:
+                ms = f"{type(err).__name__}"
+            out.append(dict(batch=batch, dim=dim, L=L, pass_="fwd", block_l=block_l, block_d=block_d,
+                            num_warps=warps, ms=ms))
+            print(out[-1], flush=True)
+        sst.FWD_TILE.update(fwd_default)
+        for block_l, block_d, warps in [(2, 32, 1), (1, 32, 1), (1, 64, 1), (1, 128, 1), (2, 64, 1), (2, 64, 2),
+                                        (1, 64, 2)]:
+            sst.BWD_TILE.update(block_l=block_l, block_d=block_d, num_warps=warps)
+            try:
+                y = selective_scan(**x)
+                dout = torch.randn_like(y)
+                ms = triton.testing.do_bench(
+                    lambda y=y, leaves=leaves, dout=dout: torch.autograd.grad(y, leaves, dout, retain_graph=True),
+                    return_mode="median")
+                del y
+            except Exception as err:
+                ms = f"{type(err).__name__}"
+            out.append(dict(batch=batch, dim=dim, L=L, pass_="bwd", block_l=block_l, block_d=block_d,
+                            num_warps=warps, ms=ms))
+            print(out[-1], flush=True)
+        sst.BWD_TILE.update(bwd_default)
+    return out
+
+
 def sweep(rows: list[dict]) -> list[dict]:
     shapes = [r for r in rows if r["dtype"] == "bfloat16" and (r["seqlen"], r["dim"]) in
               {(2048, 1536), (1048576, 256)} and r["batch"] < 2]
@@ -166,6 +206,7 @@ def main() -> None:
     parser.add_argument("--model", action="store_true")
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--tune", action="store_true")
     parser.add_argument("--block-d", type=int)
     parser.add_argument("--block-l", type=int)
     parser.add_argument("--num-warps", type=int)
@@ -176,6 +217,8 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     if args.breakdown:
         report["breakdown"] = breakdown()
+    if args.tune:
+        report["tune"] = tune()
     if args.sweep:
         report["sweep"] = sweep(anchors["rows"])
     config = {k: v for k, v in dict(block_d=args.block_d, block_l=args.block_l, num_warps=args.num_warps).items()

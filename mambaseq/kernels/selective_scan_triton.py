@@ -342,11 +342,11 @@ def _scan_bwd_kernel(
 
 
 # Tile defaults, chosen by the sweep in benchmarks/scan.py on an H100 (see benchmarks/RESULTS.md).
+# Tile defaults, chosen by the sweeps in benchmarks/scan.py on an H100 (see benchmarks/RESULTS.md).
 # The forward gains from longer tiles; the backward holds ~10 tile-sized arrays per thread and
-# spills beyond 2 steps.
-DEFAULT_FWD_BLOCK_L = 8
-DEFAULT_BWD_BLOCK_L = 2
-DEFAULT_NUM_WARPS = 1
+# spills beyond 2 steps. block_d None means 32 channels per warp (one per thread).
+FWD_TILE = dict(block_l=8, block_d=None, num_warps=1)
+BWD_TILE = dict(block_l=2, block_d=None, num_warps=1)
 TARGET_WARPS_PER_SM = 32
 
 
@@ -381,11 +381,10 @@ def _bc_strides(X: Tensor) -> tuple[int, int, int, int]:
 
 
 class _Plan:
-    """Shapes, block sizes and chunking of one call, shared by forward and backward."""
+    """Shapes, tiles and chunking of one call, shared by forward and backward."""
 
     def __init__(self, u: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int | None,
                  block_d: int | None, block_l: int | None, num_warps: int | None = None) -> None:
-        self.num_warps = num_warps or DEFAULT_NUM_WARPS
         self.batch, self.dim, self.L = u.shape
         self.N = A.shape[1]
         self.N_P2 = triton.next_power_of_2(self.N)
@@ -393,22 +392,25 @@ class _Plan:
         groups = {X.shape[1] for X in (B, C) if X.dim() == 4}
         self.G = groups.pop() if groups else 1
         self.dim_per_group = self.dim // self.G
-        self.block_d = _block_d(self.dim_per_group, self.G, block_d, self.num_warps)
-        self.fwd_block_l = block_l or DEFAULT_FWD_BLOCK_L
-        self.bwd_block_l = block_l or DEFAULT_BWD_BLOCK_L
-        self.block_l = max(self.fwd_block_l, self.bwd_block_l)  # chunks hold whole tiles of both
-        self.n_dblocks = triton.cdiv(self.dim, self.block_d)
+        self.fwd, self.bwd = ({"block_l": block_l or tile["block_l"], "num_warps": num_warps or tile["num_warps"]}
+                              for tile in (FWD_TILE, BWD_TILE))
+        for tile, default in ((self.fwd, FWD_TILE), (self.bwd, BWD_TILE)):
+            tile["block_d"] = _block_d(self.dim_per_group, self.G, block_d or default["block_d"], tile["num_warps"])
+        self.block_l = max(self.fwd["block_l"], self.bwd["block_l"])  # chunks hold whole tiles of both
         if chunk_len is None:
-            n_chunks = _num_chunks(self.batch * self.n_dblocks, self.num_warps, self.L, self.block_l, u.device)
+            programs = self.batch * triton.cdiv(self.dim, self.fwd["block_d"])
+            n_chunks = _num_chunks(programs, self.fwd["num_warps"], self.L, self.block_l, u.device)
             chunk_len = triton.cdiv(self.L, n_chunks)
         self.chunk_len = max(self.block_l, triton.cdiv(chunk_len, self.block_l) * self.block_l)
         self.n_chunks = max(1, triton.cdiv(self.L, self.chunk_len))
-        self.n_tiles = max(1, triton.cdiv(self.L, self.bwd_block_l))  # tiles whose start states backward uses
-        self.grid = (self.batch * self.n_dblocks, self.n_chunks)
+        self.n_tiles = max(1, triton.cdiv(self.L, self.bwd["block_l"]))  # tiles whose start states backward uses
 
-    def meta(self, block_l: int) -> dict:
-        return dict(DSTATE=self.N, N_P2=self.N_P2, BLOCK_D=self.block_d, BLOCK_L=block_l,
-                    B_CONST=self.const_b, C_CONST=self.const_c, num_warps=self.num_warps)
+    def grid(self, tile: dict) -> tuple[int, int]:
+        return (self.batch * triton.cdiv(self.dim, tile["block_d"]), self.n_chunks)
+
+    def meta(self, tile: dict, block_l: int | None = None) -> dict:
+        return dict(DSTATE=self.N, N_P2=self.N_P2, BLOCK_D=tile["block_d"], BLOCK_L=block_l or tile["block_l"],
+                    B_CONST=self.const_b, C_CONST=self.const_c, num_warps=tile["num_warps"])
 
 
 def _states(plan: _Plan, n: int, like: Tensor, zero: bool = True) -> Tensor:
@@ -418,14 +420,14 @@ def _states(plan: _Plan, n: int, like: Tensor, zero: bool = True) -> Tensor:
 
 def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h_in, h_out, tiles, dsum,
                 write_y: bool, save_tiles: bool, sum_delta: bool) -> None:
-    _scan_fwd_kernel[plan.grid](
+    _scan_fwd_kernel[plan.grid(plan.fwd)](
         u, delta, delta_bias, A, B, C, D, z, y, h_in, h_out, tiles, dsum,
         plan.L, plan.chunk_len, plan.n_chunks, plan.n_tiles, plan.dim, plan.dim_per_group,
         *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
         *(_strides3(y) if y is not None else (0, 0, 0)), *_bc_strides(B), *_bc_strides(C),
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
         WRITE_Y=write_y, SAVE_TILES=save_tiles, SUM_DELTA=sum_delta,
-        **plan.meta(plan.bwd_block_l if save_tiles else plan.fwd_block_l))
+        **plan.meta(plan.fwd, plan.bwd["block_l"] if save_tiles else None))
 
 
 def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0):
@@ -474,10 +476,10 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
         dfinal = torch.zeros(plan.batch, plan.dim, plan.N, device=dev, dtype=torch.float32)
     dfinal = dfinal.float().contiguous()
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-                 **plan.meta(plan.bwd_block_l))
+                 **plan.meta(plan.bwd))
 
     def launch(carry, local_only, gloc=None):
-        _scan_bwd_kernel[plan.grid](
+        _scan_bwd_kernel[plan.grid(plan.bwd)](
             u, delta, delta_bias, A, B, C, D, z, dy, tiles, carry, du, ddelta, dz, dB, dC,
             parts, dD_part, dbias_part, dB_part, dC_part, dh0, gloc,
             plan.L, plan.chunk_len, plan.n_chunks, plan.n_tiles, plan.dim, plan.dim_per_group, plan.G,
