@@ -348,6 +348,7 @@ def _scan_bwd_kernel(
 FWD_TILE = dict(block_l=8, block_d=None, num_warps=1)
 BWD_TILE = dict(block_l=2, block_d=None, num_warps=1)
 TARGET_WARPS_PER_SM = 32
+MIN_CHUNK_TILES = 4
 
 
 def _block_d(dim_per_group: int, n_groups: int, block_d: int | None, num_warps: int) -> int:
@@ -366,10 +367,10 @@ def _num_chunks(programs: int, num_warps: int, L: int, block_l: int, device: tor
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    # Split L only when batch x dim leaves the GPU short of warps, and keep chunks long enough
-    # (>= 32 tiles) that the extra pass over each chunk stays cheap.
+    # Split L only when batch x dim leaves the GPU short of warps, into chunks of at least
+    # MIN_CHUNK_TILES tiles (each chunk costs one more pass over it and a carry step).
     wanted = math.ceil(TARGET_WARPS_PER_SM * sms / (programs * num_warps))
-    return max(1, min(wanted, L // (32 * block_l)))
+    return max(1, min(wanted, L // (MIN_CHUNK_TILES * block_l)))
 
 
 def _strides3(x: Tensor) -> tuple[int, int, int]:
