@@ -1,1 +1,18 @@
-"""DNA tasks (tokenizer, FASTA access, datasets, recipes) arrive with the DNA issue."""
+"""DNA tasks: tokenizer and FASTA/BED access (datasets, training and recipes arrive with the DNA issue)."""
+
+from .fasta import DnaInputError, FastaCollection, FastaFile, Interval, Record, read_bed
+from .tokenizer import DnaTokenizer, decode, encode, reverse_complement, soft_mask_positions
+
+__all__ = [
+    "DnaInputError",
+    "DnaTokenizer",
+    "FastaCollection",
+    "FastaFile",
+    "Interval",
+    "Record",
+    "decode",
+    "encode",
+    "read_bed",
+    "reverse_complement",
+    "soft_mask_positions",
+]

@@ -1,0 +1,262 @@
+"""FASTA and BED access: many files, many records, random access through pyfaidx indexes.
+
+Plain, gzip and bgzip FASTA are accepted. bgzip files are read in place (pyfaidx with a .gzi
+index); a plain gzip file cannot be randomly accessed, so it is decompressed once into the cache
+folder and indexed there, and the user never has to recompress. Indexes go next to the file, or
+into the cache folder when that folder is read-only. Every file is checked once (the result is
+remembered beside its index) and bad input raises `DnaInputError` with a one-line message naming
+the file, the record and the line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfaidx
+
+IUPAC = b"ACGTNURYSWKMBDHVacgtnuryswkmbdhv"
+_SEQUENCE_EXTRA = b"-*.\r"  # gaps, stop marks and Windows line ends, tolerated; read as N by pyfaidx users
+
+
+class DnaInputError(ValueError):
+    """Bad DNA input; the message is one line naming file, record and line."""
+
+
+@dataclass(frozen=True)
+class Record:
+    path: Path
+    name: str
+    length: int
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A half-open, 0-based region of a record (BED convention), with an optional split label."""
+
+    name: str
+    start: int
+    end: int
+    split: str | None = None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("MAMBASEQ_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mambaseq")
+    return Path(root) / "fasta"
+
+
+def _compression(path: Path, head: bytes) -> str:
+    if head[:2] != b"\x1f\x8b":
+        return "plain"
+    # bgzip = gzip members carrying a 'BC' extra subfield (SAM/BAM specification, BGZF section).
+    if len(head) >= 18 and head[3] & 4 and head[12:14] == b"BC":
+        return "bgzip"
+    return "gzip"
+
+
+def _open_text(path: Path, compression: str):
+    return gzip.open(path, "rb") if compression != "plain" else open(path, "rb")
+
+
+def _validate(path: Path, compression: str) -> list[tuple[str, int]]:
+    """Scan the whole file once: FASTA shape, characters, names. Returns [(name, length)]."""
+    records: list[tuple[str, int]] = []
+    seen: dict[str, int] = {}
+    name, length, line_no = None, 0, 0
+    delete_valid = IUPAC + _SEQUENCE_EXTRA + b"\n"
+    try:
+        with _open_text(path, compression) as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if b"\x00" in line:
+                    raise DnaInputError(f"{path}: line {line_no}: binary data (NUL byte); not a FASTA file")
+                if line.startswith(b">"):
+                    if name is not None:
+                        records.append((name, length))
+                    try:
+                        header = line[1:].decode("utf-8").strip()
+                    except UnicodeDecodeError:
+                        header = line[1:].decode("latin-1").strip()
+                    name = header.split()[0] if header.split() else ""
+                    if not name:
+                        raise DnaInputError(f"{path}: line {line_no}: header without a record name")
+                    if name in seen:
+                        raise DnaInputError(f"{path}: record '{name}', line {line_no}: duplicate record name "
+                                            f"(first at line {seen[name]})")
+                    seen[name], length = line_no, 0
+                    continue
+                stripped = line.strip()
+                if not stripped:
+                    continue
+                if name is None:
+                    raise DnaInputError(f"{path}: line {line_no}: not FASTA (expected a '>' header first)")
+                bad = stripped.translate(None, delete_valid)
+                if bad:
+                    char = bad[:1].decode("latin-1")
+                    column = stripped.index(bad[:1]) + 1
+                    raise DnaInputError(f"{path}: record '{name}', line {line_no}, column {column}: invalid "
+                                        f"character {char!r} in a DNA sequence")
+                length += len(stripped)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DnaInputError(f"{path}: line {line_no + 1}: corrupt or truncated gzip data ({err})") from None
+    if name is None:
+        raise DnaInputError(f"{path}: empty file (no FASTA records)")
+    records.append((name, length))
+    return records
+
+
+def _writable_dir(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+class FastaFile:
+    """One FASTA file, checked and indexed; `fetch(name, start, end)` returns upper/lower-case text."""
+
+    def __init__(self, path: str | Path, cache_dir: str | Path | None = None) -> None:
+        self.path = Path(path)
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if not self.path.exists():
+            raise DnaInputError(f"{self.path}: no such file")
+        if not self.path.is_file() or not os.access(self.path, os.R_OK):
+            raise DnaInputError(f"{self.path}: unreadable file (not a regular file or no read permission)")
+        with open(self.path, "rb") as handle:
+            head = handle.read(32)
+        if not head:
+            raise DnaInputError(f"{self.path}: empty file (no FASTA records)")
+        self.compression = _compression(self.path, head)
+        stat = self.path.stat()
+        key = hashlib.sha1(f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        readable = self.path
+        if self.compression == "gzip":
+            readable = cache / f"{key}-{self.path.name.removesuffix('.gz')}"
+            if not readable.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                self._check_and_remember(None)  # fail on bad input before writing anything
+                tmp = tempfile.NamedTemporaryFile(dir=cache, delete=False, suffix=".tmp")
+                with gzip.open(self.path, "rb") as src, tmp:
+                    shutil.copyfileobj(src, tmp)
+                os.replace(tmp.name, readable)
+        index_dir = readable.parent if _writable_dir(readable.parent) else cache
+        index_dir.mkdir(parents=True, exist_ok=True)
+        stem = readable.name if index_dir == readable.parent else f"{key}-{readable.name}"
+        self._stamp = index_dir / f"{stem}.mambaseq-ok"
+        self.records = [Record(self.path, name, length) for name, length in self._check_and_remember(self._stamp)]
+        try:
+            self._fasta = pyfaidx.Fasta(
+                str(readable), indexname=str(index_dir / f"{stem}.fai"),
+                gzi_indexname=str(index_dir / f"{stem}.gzi") if self.compression == "bgzip" else None,
+                sequence_always_upper=False, as_raw=True, rebuild=True)
+        except (pyfaidx.FastaIndexingError, OSError, ValueError) as err:
+            raise DnaInputError(f"{self.path}: cannot index ({' '.join(str(err).split())})") from None
+        self._lengths = {r.name: r.length for r in self.records}
+
+    def _check_and_remember(self, stamp: Path | None) -> list[tuple[str, int]]:
+        # The stamp remembers a successful check for this exact file version (size, mtime).
+        stat = self.path.stat()
+        version = f"{stat.st_size} {stat.st_mtime_ns}"
+        if stamp is not None and stamp.exists():
+            first, *lines = stamp.read_text().splitlines()
+            if first == version:
+                return [(n, int(length)) for n, length in (line.rsplit("\t", 1) for line in lines)]
+        records = _validate(self.path, self.compression)
+        if stamp is not None:
+            stamp.write_text(version + "\n" + "".join(f"{n}\t{length}\n" for n, length in records))
+        return records
+
+    def length(self, name: str) -> int:
+        return self._lengths[name]
+
+    def fetch(self, name: str, start: int, end: int) -> str:
+        """Bases [start, end) of record `name`, 0-based half-open, case preserved."""
+        if name not in self._lengths:
+            raise DnaInputError(f"{self.path}: no record named '{name}'")
+        if not 0 <= start <= end <= self._lengths[name]:
+            raise DnaInputError(f"{self.path}: record '{name}': region {start}-{end} outside 0-{self._lengths[name]}")
+        return self._fasta[name][start:end] if end > start else ""
+
+
+class FastaCollection:
+    """Several FASTA files seen as one set of uniquely named records."""
+
+    def __init__(self, paths: list[str | Path] | str | Path, cache_dir: str | Path | None = None) -> None:
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        if not paths:
+            raise DnaInputError("no FASTA files given")
+        self.files = [FastaFile(p, cache_dir) for p in paths]
+        self._by_name: dict[str, FastaFile] = {}
+        for fasta in self.files:
+            for record in fasta.records:
+                if record.name in self._by_name:
+                    raise DnaInputError(f"{fasta.path}: record '{record.name}' also in "
+                                        f"{self._by_name[record.name].path}; record names must be unique")
+                self._by_name[record.name] = fasta
+
+    @property
+    def records(self) -> list[Record]:
+        return [r for f in self.files for r in f.records]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def length(self, name: str) -> int:
+        return self._file(name).length(name)
+
+    def fetch(self, name: str, start: int, end: int) -> str:
+        return self._file(name).fetch(name, start, end)
+
+    def _file(self, name: str) -> FastaFile:
+        if name not in self._by_name:
+            raise DnaInputError(f"no record named '{name}' in {', '.join(str(f.path) for f in self.files)}")
+        return self._by_name[name]
+
+
+def read_bed(path: str | Path, fasta: FastaCollection, split_column: int | None = None) -> list[Interval]:
+    """Intervals of a BED file (3+ columns, 0-based half-open), checked against `fasta`.
+
+    `split_column` (0-based, >= 3) names a column holding a split label such as train/valid/test.
+    """
+    path = Path(path)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise DnaInputError(f"{path}: unreadable BED file")
+    intervals = []
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line or line.startswith(("#", "track", "browser")):
+                continue
+            fields = line.split("\t") if "\t" in line else line.split()
+            if len(fields) < 3:
+                raise DnaInputError(f"{path}: line {line_no}: a BED line needs 3 columns (chrom, start, end), "
+                                    f"got {len(fields)}")
+            name = fields[0]
+            try:
+                start, end = int(fields[1]), int(fields[2])
+            except ValueError:
+                raise DnaInputError(f"{path}: line {line_no}: start and end must be integers, got "
+                                    f"{fields[1]!r} and {fields[2]!r}") from None
+            if name not in fasta:
+                raise DnaInputError(f"{path}: line {line_no}: record '{name}' is in none of the FASTA files")
+            length = fasta.length(name)
+            if not 0 <= start < end <= length:
+                raise DnaInputError(f"{path}: line {line_no}: interval {name}:{start}-{end} lies outside the "
+                                    f"record (length {length}) or is empty")
+            split = None
+            if split_column is not None:
+                if split_column >= len(fields):
+                    raise DnaInputError(f"{path}: line {line_no}: no column {split_column + 1} for the split label")
+                split = fields[split_column]
+            intervals.append(Interval(name, start, end, split))
+    if not intervals:
+        raise DnaInputError(f"{path}: no intervals")
+    return intervals
