@@ -1,0 +1,72 @@
+"""`mambaseq train dna` end to end on a small FASTA: exported model, one-line errors, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from mambaseq import from_pretrained
+from mambaseq.cli.main import main
+from mambaseq.tasks.dna import windows
+from mambaseq.tasks.dna.train import DnaTrainConfig, train_dna
+
+FAST = ["--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--set", "val_every=2",
+        "--set", "checkpoint_every=2", "--set", "progress=false", "--set", "max_val_windows=4"]
+
+
+@pytest.fixture
+def genome(tmp_path):
+    rng = np.random.default_rng()
+    path = tmp_path / "g.fa"
+    path.write_text("".join(f">r{i}\n{''.join(rng.choice(list('ACGT'), 3000))}\n" for i in range(2)))
+    return path
+
+
+def test_cli_trains_and_exports_a_model(tmp_path, genome, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "dna", "--fasta", str(genome), "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "validation bits/base:" in printed and str(out / "model") in printed
+    model = from_pretrained(out / "model")
+    assert model.config.vocab_size == 12
+    assert (out / "checkpoints" / "last.ckpt").exists() and (out / "logs" / "metrics.csv").exists()
+
+
+def test_bundled_genome_is_the_default(tmp_path, capsys):
+    assert main(["train", "dna", "--out", str(tmp_path / "run"), *FAST]) == 0
+    metadata = from_pretrained(tmp_path / "run" / "model") and (tmp_path / "run" / "model" / "config.json").read_text()
+    assert "ScerR64_I_GCF_000146045.2_R64_genomic.fna.gz" in metadata
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fasta", "/no/such.fa"], "no such file"),
+    (["--recipe", "nope"], "unknown recipe"),
+    (["--set", "bogus=1"], "unknown field"),
+    (["--set", "novalue"], "KEY=VALUE"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    assert main(["train", "dna", "--out", str(tmp_path / "run"), *FAST, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_resume_after_a_crash_gives_the_same_weights(tmp_path, genome, monkeypatch):
+    kw = dict(fasta=[str(genome)], seq_len=64, batch_size=4, max_steps=8, val_every=4, checkpoint_every=4,
+              progress=False, max_val_windows=4)
+    train_dna(DnaTrainConfig.from_recipe("tiny-cpu", out=str(tmp_path / "a"), **kw))
+    original = windows.TrainBatches.batch
+
+    def crash_at_step_5(self, step):
+        if step == 5:
+            raise RuntimeError("simulated crash")
+        return original(self, step)
+
+    monkeypatch.setattr(windows.TrainBatches, "batch", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_dna(DnaTrainConfig.from_recipe("tiny-cpu", out=str(tmp_path / "b"), **kw))
+    monkeypatch.setattr(windows.TrainBatches, "batch", original)
+    train_dna(DnaTrainConfig.from_recipe("tiny-cpu", out=str(tmp_path / "b"), resume=True, **kw))
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
