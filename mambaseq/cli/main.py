@@ -146,6 +146,39 @@ def train_dna_command(
     typer.echo(f"model saved to: {result.model_dir}")
 
 
+eval_app = typer.Typer(help="Evaluate a model.", no_args_is_help=True, add_completion=False)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("dna")
+def eval_dna_command(
+    model: str = typer.Option(..., "--model", help="Model folder (config.json + model.safetensors)."),
+    fasta: list[str] = typer.Option(..., "--fasta", help="FASTA files to score."),
+    bed: str = typer.Option(None, "--bed", help="BED intervals to restrict the windows to."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Window length (default: the training length)."),
+    max_windows: int = typer.Option(None, "--max-windows", help="Evaluate a fixed random subset of windows."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Bits per base and perplexity of a DNA model on FASTA windows.
+
+    Example: mambaseq eval dna --model runs/dna/model --fasta test.fa.gz --seq-len 4096 --json
+    """
+    from ..checkpoint import CheckpointError
+    from ..tasks.dna.evaluate import evaluate_dna
+    from ..tasks.dna.fasta import DnaInputError
+
+    try:
+        result = evaluate_dna(model, fasta, bed, seq_len, max_windows, batch_size)
+    except (DnaInputError, CheckpointError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"bits/base {result['bits_per_base']:.4f}  perplexity {result['perplexity']:.4f}  "
+                   f"({result['windows']} windows of {result['seq_len']}, {result['tokens']} bases)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors and UserError print one line on stderr and exit with code 2."""
     command = typer.main.get_command(app)

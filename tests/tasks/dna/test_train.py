@@ -71,3 +71,22 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path, genome, monkeypat
     a = load_file(tmp_path / "a" / "model" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model" / "model.safetensors")
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_eval_reports_bits_per_base_as_json(tmp_path, genome, capsys):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", "dna", "--fasta", str(genome), "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["eval", "dna", "--model", str(out / "model"), "--fasta", str(genome), "--json",
+                 "--max-windows", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["windows"] == 5 and result["tokens"] == 5 * 64
+    assert 0.0 < result["bits_per_base"] < 8.0  # a 4-step model on random bases: a few bits
+    assert result["perplexity"] == pytest.approx(2 ** result["bits_per_base"], rel=1e-6)
+
+
+def test_eval_of_a_missing_model_is_one_line(tmp_path, genome, capsys):
+    assert main(["eval", "dna", "--model", str(tmp_path / "none"), "--fasta", str(genome)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -1,0 +1,47 @@
+"""`mambaseq eval dna`: bits per base and perplexity of a trained model on FASTA windows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ...checkpoint import from_pretrained, read_model_dir
+from .fasta import DnaInputError, FastaCollection, Interval, read_bed
+from .windows import ValidWindows
+
+
+@torch.no_grad()
+def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None, seq_len: int | None = None,
+                 max_windows: int | None = None, batch_size: int = 8, device: str | None = None,
+                 max_n_frac: float = 0.1, seed: int = 0) -> dict:
+    """Next-base log-likelihood over windows tiling the records (or BED intervals).
+
+    Returns {"bits_per_base", "perplexity", "tokens", "windows", "seq_len"}. `max_windows` evaluates
+    a fixed random subset; `seq_len` defaults to the length the model was trained at.
+    """
+    info = read_model_dir(model_dir)
+    seq_len = seq_len or int(info["metadata"].get("seq_len", 1024))
+    soft_mask = info["metadata"].get("soft_mask", "base")
+    collection = FastaCollection(fasta)
+    regions = read_bed(bed, collection) if bed else [Interval(r.name, 0, r.length) for r in collection.records]
+    windows = ValidWindows(collection, regions, seq_len, max_windows, max_n_frac, soft_mask, seed)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = from_pretrained(model_dir, device=device)
+    vocab = model.config.vocab_size
+    nll, tokens = 0.0, 0
+    for batch in DataLoader(windows, batch_size=batch_size):
+        batch = batch.to(device)
+        with torch.autocast(device_type=device if device != "cpu" else "cpu", dtype=torch.bfloat16,
+                            enabled=device.startswith("cuda")):
+            logits = model(batch[:, :-1])[..., :vocab]
+        nll += F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+        tokens += batch[:, 1:].numel()
+    if tokens == 0:
+        raise DnaInputError("no windows to evaluate")
+    bits = nll / tokens / math.log(2)
+    return {"bits_per_base": bits, "perplexity": math.exp(nll / tokens), "tokens": tokens,
+            "windows": len(windows), "seq_len": seq_len}
