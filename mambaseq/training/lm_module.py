@@ -8,10 +8,25 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..config import MambaConfig
 from ..models import MambaLM
 from .optim import make_optimizer, make_scheduler
+
+
+def checkpoint_blocks(model: MambaLM) -> None:
+    """Activation checkpointing per block: keep only each block's input, recompute the rest in
+    backward (memory per layer falls to one residual stream; compute grows by one forward)."""
+    for block in model.backbone.layers:
+        forward = block.forward
+
+        def checkpointed(residual, state=None, forward=forward):
+            if state is not None or not torch.is_grad_enabled():
+                return forward(residual, state)
+            return torch.utils.checkpoint.checkpoint(forward, residual, use_reentrant=False)
+
+        block.forward = checkpointed
 
 
 class CausalLMModule(L.LightningModule):
@@ -23,10 +38,12 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model_config: dict, lr: float = 8e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, total_steps: int = 1000,
-                 min_lr_ratio: float = 0.1) -> None:
+                 min_lr_ratio: float = 0.1, checkpoint_activations: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = MambaLM(MambaConfig.from_dict(model_config))
+        if checkpoint_activations:
+            checkpoint_blocks(self.model)
         self._tic: float | None = None
         self._val_nll = 0.0
         self._val_tokens = 0

@@ -58,6 +58,7 @@ class DnaTrainConfig:
     lr_warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    checkpoint_activations: bool = False  # recompute each block in backward (long contexts)
     split: str = "region"
     valid_fraction: float = 0.05
     valid_records: list[str] = field(default_factory=list)
@@ -130,7 +131,8 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
     regions = split_regions(fasta, intervals, cfg.split, cfg.valid_fraction, cfg.valid_records)
     model_config = cfg.model_config()
     module = CausalLMModule(model_config.to_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-                            warmup_steps=cfg.lr_warmup_steps, total_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio)
+                            warmup_steps=cfg.lr_warmup_steps, total_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio,
+                            checkpoint_activations=cfg.checkpoint_activations)
     sampler = WindowSampler(fasta, regions.train, cfg.max_n_frac, cfg.rc_augment, cfg.soft_mask)
     schedule = length_schedule(cfg.seq_len, cfg.warmup_start_len, cfg.warmup_stage_steps)
     train_batches = TrainBatches(sampler, schedule, cfg.batch_size * cfg.seq_len, cfg.seed,
