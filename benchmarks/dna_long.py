@@ -74,9 +74,9 @@ def main() -> None:
     print(f"{'L':>9} {'ckpt':>5} {'step ms':>9} {'tokens/s':>11} {'peak GiB':>9} {'B/token':>8}")
     for r in rows:
         if r.get("oom"):
-            print(f"{r['L']:>9} {str(r['checkpoint']):>5}  out of memory")
+            print(f"{r['L']:>9} {r['checkpoint']!s:>5}  out of memory")
         else:
-            print(f"{r['L']:>9} {str(r['checkpoint']):>5} {r['step_ms']:>9.1f} {r['tokens_per_s']:>11.0f} "
+            print(f"{r['L']:>9} {r['checkpoint']!s:>5} {r['step_ms']:>9.1f} {r['tokens_per_s']:>11.0f} "
                   f"{r['peak_gib']:>9.2f} {r['bytes_per_token']:>8.0f}")
 
 
