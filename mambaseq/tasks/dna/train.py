@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -152,8 +153,9 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
     callbacks = [checkpoints, L.pytorch.callbacks.LearningRateMonitor("step")]
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
-    loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=""),
-               L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version="")]
+    loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version="")]
+    if importlib.util.find_spec("tensorboardX") or importlib.util.find_spec("tensorboard"):
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=""))
     trainer = L.Trainer(
         max_steps=cfg.max_steps, val_check_interval=min(cfg.val_every, cfg.max_steps), check_val_every_n_epoch=None,
         precision=_precision(cfg), accelerator=cfg.accelerator, devices=cfg.devices,
