@@ -93,6 +93,24 @@ def breakdown() -> list[dict]:
     return out
 
 
+def launch_overhead(rows: list[dict]) -> list[dict]:
+    """Forward time as timed normally and as replays of a captured CUDA graph (no Python, no launch
+    gaps): the difference is per-call host overhead."""
+    out = []
+    for row in rows:
+        if row["seqlen"] > 8192:
+            continue
+        dtype = getattr(torch, row["dtype"])
+        x = make_inputs(row["batch"], row["dim"], row["dstate"], row["seqlen"], dtype, requires_grad=False)
+        with torch.no_grad():
+            plain = triton.testing.do_bench(lambda x=x: selective_scan(**x), return_mode="median")
+            graph = triton.testing.do_bench_cudagraph(lambda x=x: selective_scan(**x), return_mode="median")
+        out.append({**{k: row[k] for k in ("batch", "dim", "seqlen", "dtype", "fwd_ms")},
+                    "ours_fwd_ms": plain, "ours_fwd_graph_ms": graph})
+        print(out[-1], flush=True)
+    return out
+
+
 def tune() -> list[dict]:
     """Forward-only and backward-only medians for tile configurations, set through the module's
     FWD_TILE / BWD_TILE defaults (bf16, the call of the anchor)."""
@@ -207,6 +225,7 @@ def main() -> None:
     parser.add_argument("--skip-grid", action="store_true")
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--overhead", action="store_true")
     parser.add_argument("--block-d", type=int)
     parser.add_argument("--block-l", type=int)
     parser.add_argument("--num-warps", type=int)
@@ -219,6 +238,8 @@ def main() -> None:
         report["breakdown"] = breakdown()
     if args.tune:
         report["tune"] = tune()
+    if args.overhead:
+        report["overhead"] = launch_overhead(anchors["rows"])
     if args.sweep:
         report["sweep"] = sweep(anchors["rows"])
     config = {k: v for k, v in dict(block_d=args.block_d, block_l=args.block_l, num_warps=args.num_warps).items()
