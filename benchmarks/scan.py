@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--overhead", action="store_true")
+    parser.add_argument("--target-warps", type=int, help="override the chunking target (warps per SM)")
     parser.add_argument("--block-d", type=int)
     parser.add_argument("--block-l", type=int)
     parser.add_argument("--num-warps", type=int)
@@ -246,6 +247,10 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.anchors) as f:
         anchors = json.load(f)
+    if args.target_warps:
+        from mambaseq.kernels import selective_scan_triton as sst
+
+        sst.TARGET_WARPS_PER_SM = args.target_warps
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     if args.breakdown:
         report["breakdown"] = breakdown()

@@ -369,7 +369,7 @@ def _num_chunks(programs: int, num_warps: int, L: int, block_l: int, device: tor
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     # Split L only when batch x dim leaves the GPU short of warps, into chunks of at least
     # MIN_CHUNK_TILES tiles (each chunk costs one more pass over it and a carry step).
-    wanted = math.ceil(TARGET_WARPS_PER_SM * sms / (programs * num_warps))
+    wanted = (TARGET_WARPS_PER_SM * sms) // (programs * num_warps)
     return max(1, min(wanted, L // (MIN_CHUNK_TILES * block_l)))
 
 
