@@ -105,18 +105,20 @@ def launch_overhead(rows: list[dict]) -> list[dict]:
         with torch.no_grad():
             plain = triton.testing.do_bench(lambda x=x: selective_scan(**x), return_mode="median")
             graph = triton.testing.do_bench_cudagraph(lambda x=x: selective_scan(**x), return_mode="median")
-            one_chunk = triton.testing.do_bench(lambda x=x: selective_scan(**x, chunk_len=row["seqlen"]),
+            one_chunk = triton.testing.do_bench(lambda x=x, n=row["seqlen"]: selective_scan(**x, chunk_len=n),
                                                 return_mode="median")
         leaves = list(x.values())
         for v in leaves:
             v.requires_grad_(True)
         y = selective_scan(**x)
         dout = torch.randn_like(y)
-        bwd = triton.testing.do_bench(lambda: torch.autograd.grad(y, leaves, dout, retain_graph=True),
-                                      return_mode="median")
+        bwd = triton.testing.do_bench(
+            lambda y=y, leaves=leaves, dout=dout: torch.autograd.grad(y, leaves, dout, retain_graph=True),
+            return_mode="median")
         y1 = selective_scan(**x, chunk_len=row["seqlen"])
-        bwd_one = triton.testing.do_bench(lambda: torch.autograd.grad(y1, leaves, dout, retain_graph=True),
-                                          return_mode="median")
+        bwd_one = triton.testing.do_bench(
+            lambda y=y1, leaves=leaves, dout=dout: torch.autograd.grad(y, leaves, dout, retain_graph=True),
+            return_mode="median")
         out.append({**{k: row[k] for k in ("batch", "dim", "seqlen", "dtype", "fwd_ms", "fwd_bwd_ms")},
                     "ours_fwd_ms": plain, "ours_fwd_graph_ms": graph, "ours_fwd_one_chunk_ms": one_chunk,
                     "ours_bwd_ms": bwd, "ours_bwd_one_chunk_ms": bwd_one})
