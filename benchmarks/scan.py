@@ -43,6 +43,12 @@ def make_inputs(batch: int, dim: int, d_state: int, L: int, dtype: torch.dtype, 
     )
 
 
+def backward_ms(y: torch.Tensor, leaves: list[torch.Tensor], dout: torch.Tensor) -> float:
+    """Median time of the backward alone (the graph of `y` is kept and replayed)."""
+    return triton.testing.do_bench(lambda: torch.autograd.grad(y, leaves, dout, retain_graph=True),
+                                   return_mode="median")
+
+
 def time_scan(row: dict, dtype: torch.dtype, **config) -> tuple[float, float]:
     x = make_inputs(row["batch"], row["dim"], row["dstate"], row["seqlen"], dtype, requires_grad=True)
     with torch.no_grad():
@@ -85,9 +91,7 @@ def breakdown() -> list[dict]:
                     fwd = triton.testing.do_bench(lambda x=x, c=config: selective_scan(**x, **c), return_mode="median")
                 y = selective_scan(**x, **config)
                 dout = torch.randn_like(y)
-                bwd = triton.testing.do_bench(
-                    lambda y=y, leaves=leaves, dout=dout: torch.autograd.grad(y, leaves, dout, retain_graph=True),
-                    return_mode="median")
+                bwd = backward_ms(y, leaves, dout)
                 out.append(dict(batch=batch, dim=dim, L=L, const_bc=const_bc, **config, fwd_ms=fwd, bwd_ms=bwd))
                 print(out[-1], flush=True)
     return out
@@ -112,13 +116,9 @@ def launch_overhead(rows: list[dict]) -> list[dict]:
             v.requires_grad_(True)
         y = selective_scan(**x)
         dout = torch.randn_like(y)
-        bwd = triton.testing.do_bench(
-            lambda y=y, leaves=leaves, dout=dout: torch.autograd.grad(y, leaves, dout, retain_graph=True),
-            return_mode="median")
+        bwd = backward_ms(y, leaves, dout)
         y1 = selective_scan(**x, chunk_len=row["seqlen"])
-        bwd_one = triton.testing.do_bench(
-            lambda y=y1, leaves=leaves, dout=dout: torch.autograd.grad(y, leaves, dout, retain_graph=True),
-            return_mode="median")
+        bwd_one = backward_ms(y1, leaves, dout)
         out.append({**{k: row[k] for k in ("batch", "dim", "seqlen", "dtype", "fwd_ms", "fwd_bwd_ms")},
                     "ours_fwd_ms": plain, "ours_fwd_graph_ms": graph, "ours_fwd_one_chunk_ms": one_chunk,
                     "ours_bwd_ms": bwd, "ours_bwd_one_chunk_ms": bwd_one})
@@ -153,9 +153,7 @@ def tune() -> list[dict]:
             try:
                 y = selective_scan(**x)
                 dout = torch.randn_like(y)
-                ms = triton.testing.do_bench(
-                    lambda y=y, leaves=leaves, dout=dout: torch.autograd.grad(y, leaves, dout, retain_graph=True),
-                    return_mode="median")
+                ms = backward_ms(y, leaves, dout)
                 del y
             except Exception as err:
                 ms = f"{type(err).__name__}"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import MambaConfig
+from .fileio import atomic_write
 from .models import MambaLM
 
 CONFIG_NAME = "config.json"
@@ -24,22 +23,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A model directory is missing, malformed, or does not fit the model it is loaded into."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    # Temporary file in the same folder, then rename: a crash never leaves a half-written file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp (and some writers) leave the file private (0600); follow the umask instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pretrained(model: MambaLM, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -60,8 +43,8 @@ def save_pretrained(model: MambaLM, directory: str | Path, metadata: dict[str, A
         "model": model.config.to_dict(),
         "metadata": metadata or {},
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME,
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME,
                   lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n"))
     return directory
 

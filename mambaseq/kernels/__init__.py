@@ -60,12 +60,6 @@ class KernelBackendError(RuntimeError):
     """The requested backend cannot run an op on the given device."""
 
 
-def register_triton(op: str, fn: Callable[..., Any]) -> None:
-    if op not in OPS:
-        raise KeyError(f"unknown op {op!r}")
-    _TRITON[op] = fn
-
-
 def _triton_op(op: str) -> Callable[..., Any] | None:
     if op not in _TRITON and op in _TRITON_MODULES and triton_version() is not None:
         module = importlib.import_module(f".{_TRITON_MODULES[op]}", __name__)
@@ -158,7 +152,6 @@ __all__ = [
     "backend_report",
     "causal_conv1d",
     "causal_conv1d_update",
-    "register_triton",
     "requested_backend",
     "selective_scan",
     "selective_state_update",

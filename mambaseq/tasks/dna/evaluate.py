@@ -35,8 +35,8 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     nll, tokens = 0.0, 0
     for batch in DataLoader(windows, batch_size=batch_size):
         batch = batch.to(device)
-        with torch.autocast(device_type=device if device != "cpu" else "cpu", dtype=torch.bfloat16,
-                            enabled=device.startswith("cuda")):
+        device_type = torch.device(device).type
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
             logits = model(batch[:, :-1])[..., :vocab]
         nll += F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
         tokens += batch[:, 1:].numel()

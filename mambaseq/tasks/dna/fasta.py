@@ -14,12 +14,13 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyfaidx
+
+from ...fileio import atomic_write
 
 IUPAC = b"ACGTNURYSWKMBDHVacgtnuryswkmbdhv"
 _SEQUENCE_EXTRA = b"-*.\r"  # gaps, stop marks and Windows line ends, tolerated; read as N by pyfaidx users
@@ -136,21 +137,20 @@ class FastaFile:
         self.compression = _compression(self.path, head)
         stat = self.path.stat()
         key = hashlib.sha1(f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        readable = self.path
         if self.compression == "gzip":
+            # Plain gzip has no random access: decompress once into the cache and index it there.
             readable = cache / f"{key}-{self.path.name.removesuffix('.gz')}"
-            if not readable.exists():
-                cache.mkdir(parents=True, exist_ok=True)
-                self._check_and_remember(None)  # fail on bad input before writing anything
-                tmp = tempfile.NamedTemporaryFile(dir=cache, delete=False, suffix=".tmp")
-                with gzip.open(self.path, "rb") as src, tmp:
-                    shutil.copyfileobj(src, tmp)
-                os.replace(tmp.name, readable)
-        index_dir = readable.parent if _writable_dir(readable.parent) else cache
+            index_dir, stem = cache, readable.name
+        else:
+            readable = self.path
+            index_dir = readable.parent if _writable_dir(readable.parent) else cache
+            stem = readable.name if index_dir == readable.parent else f"{key}-{readable.name}"
         index_dir.mkdir(parents=True, exist_ok=True)
-        stem = readable.name if index_dir == readable.parent else f"{key}-{readable.name}"
         self._stamp = index_dir / f"{stem}.mambaseq-ok"
+        # Checked before anything is decompressed, so bad input never reaches the cache.
         self.records = [Record(self.path, name, length) for name, length in self._check_and_remember(self._stamp)]
+        if self.compression == "gzip" and not readable.exists():
+            atomic_write(readable, self._decompress)
         try:
             self._fasta = pyfaidx.Fasta(
                 str(readable), indexname=str(index_dir / f"{stem}.fai"),
@@ -160,17 +160,21 @@ class FastaFile:
             raise DnaInputError(f"{self.path}: cannot index ({' '.join(str(err).split())})") from None
         self._lengths = {r.name: r.length for r in self.records}
 
-    def _check_and_remember(self, stamp: Path | None) -> list[tuple[str, int]]:
+    def _decompress(self, target: str) -> None:
+        with gzip.open(self.path, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+    def _check_and_remember(self, stamp: Path) -> list[tuple[str, int]]:
         # The stamp remembers a successful check for this exact file version (size, mtime).
         stat = self.path.stat()
         version = f"{stat.st_size} {stat.st_mtime_ns}"
-        if stamp is not None and stamp.exists():
+        if stamp.exists():
             first, *lines = stamp.read_text().splitlines()
             if first == version:
                 return [(n, int(length)) for n, length in (line.rsplit("\t", 1) for line in lines)]
         records = _validate(self.path, self.compression)
-        if stamp is not None:
-            stamp.write_text(version + "\n" + "".join(f"{n}\t{length}\n" for n, length in records))
+        text = version + "\n" + "".join(f"{n}\t{length}\n" for n, length in records)
+        atomic_write(stamp, lambda tmp: Path(tmp).write_text(text))
         return records
 
     def length(self, name: str) -> int:

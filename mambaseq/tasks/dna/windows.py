@@ -6,7 +6,6 @@ draws exactly the batches it would have drawn anyway.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -160,6 +159,3 @@ class ValidWindows(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.windows[index]
 
-
-def bits_per_base(nll_sum: float, tokens: int) -> float:
-    return nll_sum / max(tokens, 1) / math.log(2)
