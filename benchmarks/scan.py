@@ -4,8 +4,8 @@ For every row of the anchor file (same call: z on, softplus on, input-dependent 
 group, fp32 A/D/delta_bias) prints our forward and forward+backward medians
 (`triton.testing.do_bench`), the anchor's, the ratio anchor/ours, and the fraction of the floor
 reached; then the geometric-mean speed-up. `--sweep` times tile configurations on a few shapes
-first; `--model` adds end-to-end forward+backward of one Mamba layer and of the 1.4M-parameter
-DNA model at L = 2^20.
+first; `--tune` times backward tiles, `--breakdown` splits the backward; `--model` adds end-to-end
+forward+backward of one Mamba layer and of the 1.4M-parameter DNA model at L = 2^20.
 
     python benchmarks/scan.py --anchors shared/anchors/mamba_ssm_cuda_h100.json [--sweep] [--model]
         [--json OUT.json]
@@ -75,25 +75,36 @@ def check_once(row: dict, dtype: torch.dtype, **config) -> float:
     return ((ours - ref).norm() / ref.norm()).item()
 
 
+BWD_CONFIGS = [  # (block_t steps, block_d channels, warps)
+    (256, 2, 2), (128, 2, 1), (256, 4, 4), (512, 2, 4), (256, 1, 1), (128, 4, 2), (256, 4, 2), (128, 1, 1),
+    (512, 4, 4), (1024, 2, 8), (64, 4, 1),
+]
+
+
+def _bwd_config(block_t: int, block_d: int, warps: int) -> dict:
+    return dict(bwd_block_t=block_t, bwd_block_d=block_d, bwd_num_warps=warps)
+
+
 def breakdown() -> list[dict]:
-    """Backward-only time against forward, and with constant B/C (no cross-channel reduction of
-    dB/dC, no atomics), to see where the backward spends its time."""
+    """Backward-only time against forward; with constant B/C (no cross-channel reduction of dB/dC,
+    no atomics); and in one chunk (no local-adjoint pass), to see where the backward spends its time."""
     out = []
-    for batch, dim, L in [(8, 1536, 2048), (1, 1024, 131072)]:
-        for const_bc in (False, True):
-            for config in (dict(block_l=2, num_warps=1), dict(block_l=4, num_warps=1), dict(block_l=4, num_warps=2)):
-                x = make_inputs(batch, dim, 16, L, torch.bfloat16, requires_grad=True)
-                if const_bc:
-                    x["B"] = torch.randn(dim, 16, device="cuda", requires_grad=True)
-                    x["C"] = torch.randn(dim, 16, device="cuda", requires_grad=True)
-                leaves = list(x.values())
-                with torch.no_grad():
-                    fwd = triton.testing.do_bench(lambda x=x, c=config: selective_scan(**x, **c), return_mode="median")
-                y = selective_scan(**x, **config)
-                dout = torch.randn_like(y)
-                bwd = backward_ms(y, leaves, dout)
-                out.append(dict(batch=batch, dim=dim, L=L, const_bc=const_bc, **config, fwd_ms=fwd, bwd_ms=bwd))
-                print(out[-1], flush=True)
+    for batch, dim, L in [(8, 1536, 2048), (1, 1024, 131072), (1, 256, 2**20)]:
+        for const_bc, one_chunk in ((False, False), (True, False), (False, True)):
+            x = make_inputs(batch, dim, 16, L, torch.bfloat16, requires_grad=True)
+            if const_bc:
+                x["B"] = torch.randn(dim, 16, device="cuda", requires_grad=True)
+                x["C"] = torch.randn(dim, 16, device="cuda", requires_grad=True)
+            config = dict(chunk_len=L) if one_chunk else {}
+            leaves = list(x.values())
+            with torch.no_grad():
+                fwd = triton.testing.do_bench(lambda x=x, c=config: selective_scan(**x, **c), return_mode="median")
+            y = selective_scan(**x, **config)
+            bwd = backward_ms(y, leaves, torch.randn_like(y))
+            del y
+            out.append(dict(batch=batch, dim=dim, L=L, const_bc=const_bc, one_chunk=one_chunk, fwd_ms=fwd,
+                            bwd_ms=bwd))
+            print(out[-1], flush=True)
     return out
 
 
@@ -126,41 +137,29 @@ def launch_overhead(rows: list[dict]) -> list[dict]:
     return out
 
 
-def tune() -> list[dict]:
-    """Forward-only and backward-only medians for tile configurations, set through the module's
-    FWD_TILE / BWD_TILE defaults (bf16, the call of the anchor)."""
+def tune(configs: list[tuple[int, int, int]], programs: list[int]) -> list[dict]:
+    """Backward-only medians for backward tile configurations and targets of programs per SM
+    (splitting the channel blocks of a chunk; bf16, the call of the anchor)."""
     from mambaseq.kernels import selective_scan_triton as sst
 
-    fwd_default, bwd_default = dict(sst.FWD_TILE), dict(sst.BWD_TILE)
+    default_programs = sst.BWD_PROGRAMS_PER_SM
     out = []
     for batch, dim, L in [(8, 1536, 2048), (1, 1024, 131072), (1, 256, 1048576)]:
         x = make_inputs(batch, dim, 16, L, torch.bfloat16, requires_grad=True)
         leaves = list(x.values())
-        for block_l, block_d, warps in [(8, 32, 1), (8, 64, 1), (8, 64, 2), (16, 32, 1), (4, 64, 1)]:
-            sst.FWD_TILE.update(block_l=block_l, block_d=block_d, num_warps=warps)
+        for (block_t, block_d, warps), per_sm in ((c, n) for c in configs for n in programs):
+            config = _bwd_config(block_t, block_d, warps)
+            sst.BWD_PROGRAMS_PER_SM = per_sm
             try:
-                with torch.no_grad():
-                    ms = triton.testing.do_bench(lambda x=x: selective_scan(**x), return_mode="median")
-            except Exception as err:
-                ms = f"{type(err).__name__}"
-            out.append(dict(batch=batch, dim=dim, L=L, pass_="fwd", block_l=block_l, block_d=block_d,
-                            num_warps=warps, ms=ms))
-            print(out[-1], flush=True)
-        sst.FWD_TILE.update(fwd_default)
-        for block_l, block_d, warps in [(2, 32, 1), (1, 32, 1), (1, 64, 1), (1, 128, 1), (2, 64, 1), (2, 64, 2),
-                                        (1, 64, 2)]:
-            sst.BWD_TILE.update(block_l=block_l, block_d=block_d, num_warps=warps)
-            try:
-                y = selective_scan(**x)
-                dout = torch.randn_like(y)
-                ms = backward_ms(y, leaves, dout)
+                y = selective_scan(**x, **config)
+                ms = backward_ms(y, leaves, torch.randn_like(y))
                 del y
-            except Exception as err:
+            except Exception as err:  # out of resources for this tile
                 ms = f"{type(err).__name__}"
-            out.append(dict(batch=batch, dim=dim, L=L, pass_="bwd", block_l=block_l, block_d=block_d,
-                            num_warps=warps, ms=ms))
+            out.append(dict(batch=batch, dim=dim, L=L, block_t=block_t, block_d=block_d, num_warps=warps,
+                            programs_per_sm=per_sm, bwd_ms=ms))
             print(out[-1], flush=True)
-        sst.BWD_TILE.update(bwd_default)
+    sst.BWD_PROGRAMS_PER_SM = default_programs
     return out
 
 
@@ -243,6 +242,9 @@ def main() -> None:
     parser.add_argument("--block-d", type=int)
     parser.add_argument("--block-l", type=int)
     parser.add_argument("--num-warps", type=int)
+    parser.add_argument("--bwd-tile", help="backward tile as block_t,block_d,warps")
+    parser.add_argument("--tune-configs", help="backward tiles to tune, e.g. 256,2,2;128,2,1")
+    parser.add_argument("--tune-programs", default="8", help="backward programs per SM to tune, e.g. 4,8,16")
     parser.add_argument("--json")
     args = parser.parse_args()
     with open(args.anchors) as f:
@@ -255,13 +257,18 @@ def main() -> None:
     if args.breakdown:
         report["breakdown"] = breakdown()
     if args.tune:
-        report["tune"] = tune()
+        configs = BWD_CONFIGS
+        if args.tune_configs:
+            configs = [tuple(int(v) for v in c.split(",")) for c in args.tune_configs.split(";")]
+        report["tune"] = tune(configs, [int(n) for n in args.tune_programs.split(",")])
     if args.overhead:
         report["overhead"] = launch_overhead(anchors["rows"])
     if args.sweep:
         report["sweep"] = sweep(anchors["rows"])
     config = {k: v for k, v in dict(block_d=args.block_d, block_l=args.block_l, num_warps=args.num_warps).items()
               if v is not None}
+    if args.bwd_tile:
+        config.update(_bwd_config(*(int(v) for v in args.bwd_tile.split(","))))
     rows = []
     if not args.skip_grid:
         for row in anchors["rows"]:

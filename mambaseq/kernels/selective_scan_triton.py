@@ -17,14 +17,19 @@ chunk from a zero state, a small kernel carries the true state across chunk boun
 chunk's total decay exp(A * sum(delta))), and pass 2 rescans from the true chunk-start states and
 writes y.
 
-Backward recomputes: the forward saves only the state at the start of every chunk
-(4 * d_state bytes per channel per chunk). The backward first reruns the forward recurrence to get
-the state at the start of every tile (a transient buffer), then walks each chunk's tiles right
-to left: it rebuilds the states of the tile, runs the adjoint recurrence
-g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse associative scan, and forms every gradient in the
-same pass. Chunks run in parallel the same two-pass way. dB and dC (shared across the channels of
-a group) are accumulated with fp32 atomics; dA, dD and d(delta_bias) as per-program partial sums
-reduced afterwards.
+Backward recomputes. The forward saves the state every BLOCK_T steps (the backward's tile;
+4 * d_state bytes per channel per BLOCK_T steps, 1 byte per channel per token at the default 64)
+and nothing else. The backward uses another tile layout: (BLOCK_D, BLOCK_T) with time across
+the threads of a warp and a few channels inside each thread, states taken one at a time. For each
+state it rebuilds the tile's forward states from the saved one (a scan along time), runs the
+adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, and adds that state's share
+to every gradient; tiles are walked right to left with the adjoint carried in registers. No
+per-step or per-tile buffer is written. Chunks run in parallel the same two-pass way as the
+forward (a local-adjoint pass, a carry kernel, the gradient pass). dB and dC (shared across the
+channels of a group) are summed over the channels of a thread in registers, then over channel
+blocks: a program owns one chunk of time and walks several channel blocks, adding into its own
+partial copy of dB/dC with plain loads and stores (no atomics); the copies are summed at the end.
+dA, dD and d(delta_bias) are per-program partial sums reduced afterwards.
 """
 
 from __future__ import annotations
@@ -64,14 +69,14 @@ def _softplus(x):
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, y_ptr,
-    h_in_ptr, h_out_ptr, tiles_ptr, dsum_ptr,
-    L, chunk_len, n_chunks, n_tiles_total, dim, dim_per_group,
+    h_in_ptr, h_out_ptr, segs_ptr, dsum_ptr,
+    L, chunk_len, n_chunks, n_segs, dim, dim_per_group,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_y_b, s_y_d, s_y_l,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    B_CONST: tl.constexpr, C_CONST: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_TILES: tl.constexpr,
-    SUM_DELTA: tl.constexpr,
+    B_CONST: tl.constexpr, C_CONST: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_SEGS: tl.constexpr,
+    SEG: tl.constexpr, SUM_DELTA: tl.constexpr,
 ):
     # Tiles are (BLOCK_L, N_P2, BLOCK_D): channels across threads, time steps and states inside
     # each thread, so the scan over time and the sum over states need no data exchange.
@@ -110,9 +115,10 @@ def _scan_fwd_kernel(
         mask_l = offs_l < l_end
         m2 = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
-        if SAVE_TILES:
-            tile = l0 // BLOCK_L
-            tl.store(tiles_ptr + (b * n_tiles_total + tile) * dim * DSTATE + nd_idx, h, mask=mask_nd)
+        if SAVE_SEGS:
+            # The backward starts each of its tiles (segments of SEG steps) from these states.
+            if l0 % SEG == 0:
+                tl.store(segs_ptr + (b * n_segs + l0 // SEG) * dim * DSTATE + nd_idx, h, mask=mask_nd)
         dt = tl.load(delta_ptr + b * s_dt_b + offs_l[:, None] * s_dt_l + offs_d[None, :] * s_dt_d,
                      mask=m2, other=0.0).to(tl.float32)
         if HAS_BIAS:
@@ -185,192 +191,223 @@ def _carry_chunks_kernel(
 
 
 @triton.jit
+def _load_tile(ptr, b, s_b, s_d, s_l, offs_d, offs_l, mask):
+    # A (BLOCK_D, BLOCK_T) tile of a (batch, dim, L) tensor, as fp32.
+    return tl.load(ptr + b * s_b + offs_d[:, None] * s_d + offs_l[None, :] * s_l, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _state_row(ptr, row, n, s_n, s_l, offs_l, mask_l, offs_d, mask_d, DSTATE: tl.constexpr, CONST: tl.constexpr):
+    # B or C of state n, broadcastable over a (BLOCK_D, BLOCK_T) tile: per channel when constant
+    # ((dim, d_state)), else per time step.
+    if CONST:
+        return tl.load(ptr + offs_d * DSTATE + n, mask=mask_d, other=0.0)[:, None]
+    else:
+        return tl.load(ptr + row + n * s_n + offs_l * s_l, mask=mask_l, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _add_state_grad(prod, acc, ptr, row, n, col, offs_l, mask_l, CONST: tl.constexpr):
+    # dB or dC of state n from prod (BLOCK_D, BLOCK_T): summed over time into acc
+    # (BLOCK_D, N_P2) when constant, else over channels into the program's own copy of the row.
+    if CONST:
+        acc += tl.where(col == n, tl.sum(prod, axis=1)[:, None], 0.0)
+    else:
+        ptrs = ptr + row + offs_l
+        tl.store(ptrs, tl.load(ptrs, mask=mask_l, other=0.0) + tl.sum(prod, axis=0), mask=mask_l)
+    return acc
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr,
-    tiles_ptr, carry_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr,
+    segs_ptr, carry_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr,
     dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr, dh0_ptr, gloc_ptr,
-    L, chunk_len, n_chunks, n_tiles_total, dim, dim_per_group, n_groups,
+    L, chunk_len, n_chunks, n_segs, dim, dim_per_group, n_groups, batch, n_splits, per_split,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l, s_o_b, s_o_d, s_o_l,
-    DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     B_CONST: tl.constexpr, C_CONST: tl.constexpr, LOCAL_ONLY: tl.constexpr,
 ):
+    # Tiles are (BLOCK_D, BLOCK_T): time across threads (several steps per thread), channels
+    # inside a thread, states one at a time. Per state, the forward and adjoint recurrences of a
+    # tile are two scans along time, and the sums over channels for dB and dC stay in-thread.
     # LOCAL_ONLY: from a zero gradient at the chunk end, only the gradient the chunk passes to
-    # its start state (k = a_t (C_t dy_t + k_{t+1}) right to left); no states needed.
-    pid_bd = tl.program_id(0)
-    c = tl.program_id(1).to(tl.int64)
-    n_dblocks = tl.cdiv(dim, BLOCK_D)
-    # 64-bit offsets: at 1M-token contexts, offsets into states and inputs pass 2^31.
-    b = (pid_bd // n_dblocks).to(tl.int64)
-    d0 = (pid_bd % n_dblocks) * BLOCK_D
-    g = d0 // dim_per_group
-    offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+    # its start state (k_t = a_t (C_t dy_t + k_{t+1}) right to left); no states needed.
+    # A program owns one chunk of time of one batch row and walks `per_split` channel blocks one
+    # after the other. dB and dC of that stretch of time go to the program's own partial copy
+    # (one per split, summed afterwards) with plain loads and stores: atomics from every channel
+    # block were the backward's bottleneck (RESULTS.md).
+    pid = tl.program_id(0)
+    c = (pid % n_chunks).to(tl.int64)
+    rest = pid // n_chunks
+    b = (rest // n_splits).to(tl.int64)
+    split = rest % n_splits
     offs_n = tl.arange(0, N_P2)
-    offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
-    mask_d = offs_d < dim
-    mask_n = offs_n < DSTATE
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    nd_idx = offs_d[None, :] * DSTATE + offs_n[:, None]
-
-    A = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0)
-    A2 = A * 1.4426950408889634
-    state_idx = (b * n_chunks + c) * dim * DSTATE + nd_idx
-    if LOCAL_ONLY:
-        carry = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
-    else:
-        carry = tl.load(carry_ptr + state_idx, mask=mask_nd, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
-    if B_CONST:
-        B_nd = tl.load(B_ptr + nd_idx, mask=mask_nd, other=0.0)
-        dB_acc = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
-    if C_CONST:
-        C_nd = tl.load(C_ptr + nd_idx, mask=mask_nd, other=0.0)
-        dC_acc = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
-    dA_acc = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-
+    offs_t = tl.arange(0, BLOCK_T).to(tl.int64)
+    col = offs_n[None, :]
+    first = offs_t[None, :] == 0
     l_start = c * chunk_len
     l_end = tl.minimum(l_start + chunk_len, L)
-    n_tiles = tl.cdiv(l_end - l_start, BLOCK_L)
-    for i in range(0, n_tiles):
-        l0 = l_start + (n_tiles - 1 - i) * BLOCK_L
-        offs_l = l0 + offs_t
-        mask_l = offs_l < l_end
-        m2 = mask_l[:, None] & mask_d[None, :]
-        mask_ln = mask_l[:, None] & mask_n[None, :]
-        dt_raw = tl.load(delta_ptr + b * s_dt_b + offs_l[:, None] * s_dt_l + offs_d[None, :] * s_dt_d,
-                         mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_raw = dt_raw + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-        else:
-            dt = dt_raw
-        dt = tl.where(m2, dt, 0.0)
-        uu = tl.load(u_ptr + b * s_u_b + offs_l[:, None] * s_u_l + offs_d[None, :] * s_u_d,
-                     mask=m2, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + b * s_dy_b + offs_l[:, None] * s_dy_l + offs_d[None, :] * s_dy_d,
-                     mask=m2, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * s_z_b + offs_l[:, None] * s_z_l + offs_d[None, :] * s_z_d,
-                         mask=m2, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(zz)
-            dyg = dy * zz * sz
-        else:
-            dyg = dy
-        if C_CONST:
-            Ct = C_nd[None, :, :]
-        else:
-            Ct = tl.load(C_ptr + b * s_C_b + g * s_C_g + offs_l[:, None] * s_C_l + offs_n[None, :] * s_C_n,
-                         mask=mask_ln, other=0.0).to(tl.float32)[:, :, None]
-        a = tl.exp2(dt[:, None, :] * A2[None, :, :])
-        cdy = Ct * dyg[:, None, :]
-        if LOCAL_ONLY:
-            k_a, k_x = tl.associative_scan((a, a * cdy), 0, _affine_combine, reverse=True)
-            k = k_a * carry[None, :, :] + k_x
-            carry = tl.sum(tl.where(offs_t[:, None, None] == 0, k, 0.0), axis=0)
-        else:
-            if B_CONST:
-                Bt = B_nd[None, :, :]
+    n_tiles = tl.cdiv(l_end - l_start, BLOCK_T)
+    for j in range(0, per_split):
+        d0 = (split * per_split + j) * BLOCK_D
+        if d0 < dim:
+            # One channel block of the chunk, right to left over its tiles.
+            g = d0 // dim_per_group
+            offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+            mask_d = offs_d < dim
+            dn_idx = offs_d[:, None] * DSTATE + col
+            mask_dn = mask_d[:, None] & (col < DSTATE)
+
+            state_idx = (b * n_chunks + c) * dim * DSTATE + dn_idx
+            if LOCAL_ONLY:
+                carry = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
             else:
-                Bt = tl.load(B_ptr + b * s_B_b + g * s_B_g + offs_l[:, None] * s_B_l + offs_n[None, :] * s_B_n,
-                             mask=mask_ln, other=0.0).to(tl.float32)[:, :, None]
-            dtu = dt * uu
-            x = dtu[:, None, :] * Bt
-            h_start = tl.load(tiles_ptr + (b * n_tiles_total + l0 // BLOCK_L) * dim * DSTATE + nd_idx,
-                              mask=mask_nd, other=0.0)
-            a_cum, x_cum = tl.associative_scan((a, x), 0, _affine_combine)
-            hs = a_cum * h_start[None, :, :] + x_cum
-            if HAS_Z:
-                y_pre = tl.sum(hs * Ct, axis=1)
-                if HAS_D:
-                    y_pre += Dv[None, :] * uu
-                dz = dy * y_pre * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + b * s_o_b + offs_l[:, None] * s_o_l + offs_d[None, :] * s_o_d,
-                         dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            du = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
+                carry = tl.load(carry_ptr + state_idx, mask=mask_dn, other=0.0)
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
             if HAS_D:
-                dD_acc += tl.sum(dyg * uu, axis=0)
-                du = dyg * Dv[None, :]
-            _fa, r, cv = tl.associative_scan((a, tl.full(a.shape, 1.0, tl.float32), cdy), 0, _adjoint_combine,
-                                             reverse=True)
-            gr = cv + r * carry[None, :, :]  # dL/dh_t
-            carry = tl.sum(tl.where(offs_t[:, None, None] == 0, a * gr, 0.0), axis=0)
-            decayed = hs - x  # a_t h_{t-1}
-            if B_CONST:
-                dB_acc += tl.sum(gr * dtu[:, None, :], axis=0)
+                Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
+            dA_acc = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+            dB_acc = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+            dC_acc = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+            dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+            dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+            bc_row = b * s_B_b + g * s_B_g
+            cc_row = b * s_C_b + g * s_C_g
+            dbc_row = ((split * batch + b) * n_groups + g) * DSTATE * L
+            # The previous channel block's loads and stores of this program's dB/dC copy are done.
+            tl.debug_barrier()
+            for i in range(0, n_tiles):
+                l0 = l_start + (n_tiles - 1 - i) * BLOCK_T
+                offs_l = l0 + offs_t
+                mask_l = offs_l < l_end
+                m2 = mask_d[:, None] & mask_l[None, :]
+                # Only dt, dt*u and the gated dy live through the state loop; what the end of the tile
+                # needs besides is loaded again there (cache hits), as holding it spilled registers.
+                dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_d, offs_l, m2)
+                if HAS_BIAS:
+                    dt_raw = dt_raw + bias[:, None]
+                if SOFTPLUS:
+                    dt = _softplus(dt_raw)
+                else:
+                    dt = dt_raw
+                dt = tl.where(m2, dt, 0.0)
+                dyg = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, offs_d, offs_l, m2)
+                if HAS_Z:
+                    zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_d, offs_l, m2)
+                    dyg = dyg * zz * tl.sigmoid(zz)
+                if not LOCAL_ONLY:
+                    dtu = dt * _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_d, offs_l, m2)
+                    y_pre = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+                    gB_sum = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # sum_n g B_n
+                    gdA_sum = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # sum_n g A_n a_t h_{t-1}
+                    seg_base = (b * n_segs + l0 // BLOCK_T) * dim * DSTATE
+                for n in range(0, DSTATE):
+                    A_n = tl.load(A_ptr + offs_d * DSTATE + n, mask=mask_d, other=0.0)
+                    a = tl.exp2(dt * (A_n * 1.4426950408889634)[:, None])
+                    C_n = _state_row(C_ptr, cc_row, n, s_C_n, s_C_l, offs_l, mask_l, offs_d, mask_d, DSTATE, C_CONST)
+                    cdy = C_n * dyg
+                    carry_n = tl.sum(tl.where(col == n, carry, 0.0), axis=1)
+                    if LOCAL_ONLY:
+                        k_a, k_x = tl.associative_scan((a, a * cdy), 1, _affine_combine, reverse=True)
+                        k = k_a * carry_n[:, None] + k_x
+                        new = tl.sum(tl.where(first, k, 0.0), axis=1)
+                    else:
+                        B_n = _state_row(B_ptr, bc_row, n, s_B_n, s_B_l, offs_l, mask_l, offs_d, mask_d, DSTATE,
+                                         B_CONST)
+                        x = dtu * B_n
+                        h0 = tl.load(segs_ptr + seg_base + offs_d * DSTATE + n, mask=mask_d, other=0.0)
+                        a_cum, x_cum = tl.associative_scan((a, x), 1, _affine_combine)
+                        hs = a_cum * h0[:, None] + x_cum
+                        ones = tl.full(a.shape, 1.0, tl.float32)
+                        _fa, r, cv = tl.associative_scan((a, ones, cdy), 1, _adjoint_combine, reverse=True)
+                        gr = cv + r * carry_n[:, None]  # dL/dh_t
+                        new = tl.sum(tl.where(first, a * gr, 0.0), axis=1)
+                        if HAS_Z:
+                            y_pre += hs * C_n
+                        gB_sum += gr * B_n
+                        p = gr * (hs - x)  # g_t a_t h_{t-1}
+                        gdA_sum += p * A_n[:, None]
+                        dA_acc += tl.where(col == n, tl.sum(p * dt, axis=1)[:, None], 0.0)
+                        dB_acc = _add_state_grad(gr * dtu, dB_acc, dB_ptr, dbc_row + n * L, n, col, offs_l, mask_l,
+                                                 B_CONST)
+                        dC_acc = _add_state_grad(hs * dyg, dC_acc, dC_ptr, dbc_row + n * L, n, col, offs_l, mask_l,
+                                                 C_CONST)
+                    carry = tl.where(col == n, new[:, None], carry)
+                if not LOCAL_ONLY:
+                    o_idx = b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l
+                    uu = _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_d, offs_l, m2)
+                    du = gB_sum * dt
+                    if HAS_D:
+                        dD_acc += tl.sum(dyg * uu, axis=1)
+                        du += dyg * Dv[:, None]
+                        y_pre += Dv[:, None] * uu
+                    if HAS_Z:
+                        dy = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, offs_d, offs_l, m2)
+                        zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_d, offs_l, m2)
+                        sz = tl.sigmoid(zz)
+                        dz = dy * y_pre * sz * (1.0 + zz * (1.0 - sz))
+                        tl.store(dz_ptr + o_idx, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+                    ddt = gdA_sum + gB_sum * uu
+                    if SOFTPLUS:
+                        dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_d, offs_l, m2)
+                        if HAS_BIAS:
+                            dt_raw = dt_raw + bias[:, None]
+                        ddt = ddt * tl.sigmoid(dt_raw)
+                    ddt = tl.where(m2, ddt, 0.0)
+                    dbias_acc += tl.sum(ddt, axis=1)
+                    tl.store(du_ptr + o_idx, du.to(du_ptr.dtype.element_ty), mask=m2)
+                    tl.store(ddelta_ptr + o_idx, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+
+            if LOCAL_ONLY:
+                tl.store(gloc_ptr + state_idx, carry, mask=mask_dn)
             else:
-                dB_t = tl.sum(gr * dtu[:, None, :], axis=2)
-                tl.atomic_add(dB_ptr + ((b * n_groups + g) * DSTATE + offs_n[None, :]) * L + offs_l[:, None],
-                              dB_t, mask=mask_ln)
-            if C_CONST:
-                dC_acc += tl.sum(hs * dyg[:, None, :], axis=0)
-            else:
-                dC_t = tl.sum(hs * dyg[:, None, :], axis=2)
-                tl.atomic_add(dC_ptr + ((b * n_groups + g) * DSTATE + offs_n[None, :]) * L + offs_l[:, None],
-                              dC_t, mask=mask_ln)
-            ddt = tl.sum(gr * (decayed * A[None, :, :] + uu[:, None, :] * Bt), axis=1)
-            du += tl.sum(gr * Bt, axis=1) * dt
-            dA_acc += tl.sum(gr * decayed * dt[:, None, :], axis=0)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dt_raw)
-            ddt = tl.where(m2, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=0)
-            tl.store(du_ptr + b * s_o_b + offs_l[:, None] * s_o_l + offs_d[None, :] * s_o_d,
-                     du.to(du_ptr.dtype.element_ty), mask=m2)
-            tl.store(ddelta_ptr + b * s_o_b + offs_l[:, None] * s_o_l + offs_d[None, :] * s_o_d,
-                     ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
-
-    if LOCAL_ONLY:
-        tl.store(gloc_ptr + state_idx, carry, mask=mask_nd)
-    else:
-        part = (b * n_chunks + c) * dim
-        tl.store(dA_part_ptr + part * DSTATE + nd_idx, dA_acc, mask=mask_nd)
-        tl.store(dD_part_ptr + part + offs_d, dD_acc, mask=mask_d)
-        tl.store(dbias_part_ptr + part + offs_d, dbias_acc, mask=mask_d)
-        if B_CONST:
-            tl.store(dB_part_ptr + part * DSTATE + nd_idx, dB_acc, mask=mask_nd)
-        if C_CONST:
-            tl.store(dC_part_ptr + part * DSTATE + nd_idx, dC_acc, mask=mask_nd)
-        if c == 0:
-            tl.store(dh0_ptr + b * dim * DSTATE + nd_idx, carry, mask=mask_nd)
+                part = (b * n_chunks + c) * dim
+                tl.store(dA_part_ptr + part * DSTATE + dn_idx, dA_acc, mask=mask_dn)
+                tl.store(dD_part_ptr + part + offs_d, dD_acc, mask=mask_d)
+                tl.store(dbias_part_ptr + part + offs_d, dbias_acc, mask=mask_d)
+                if B_CONST:
+                    tl.store(dB_part_ptr + part * DSTATE + dn_idx, dB_acc, mask=mask_dn)
+                if C_CONST:
+                    tl.store(dC_part_ptr + part * DSTATE + dn_idx, dC_acc, mask=mask_dn)
+                if c == 0:
+                    tl.store(dh0_ptr + b * dim * DSTATE + dn_idx, carry, mask=mask_dn)
 
 
-# Tile defaults, chosen by the sweep in benchmarks/scan.py on an H100 (see benchmarks/RESULTS.md).
-# Tile defaults, chosen by the sweeps in benchmarks/scan.py on an H100 (see benchmarks/RESULTS.md).
-# The forward gains from longer tiles; the backward holds ~10 tile-sized arrays per thread and
-# spills beyond 2 steps. block_d None means 32 channels per warp (one per thread).
+# Forward tiles: block_l steps x block_d channels, one channel per thread (block_d None: 32 per
+# warp). Chosen by the sweeps in benchmarks/scan.py on an H100 (RESULTS.md); longer tiles spill.
 FWD_TILE = dict(block_l=8, block_d=None, num_warps=1)
-BWD_TILE = dict(block_l=2, block_d=None, num_warps=1)
+# Backward tiles: block_t steps across the threads x block_d channels inside each thread. block_t
+# is also the spacing of the states the forward saves for the backward (4 * d_state bytes per
+# channel per block_t steps).
+BWD_TILE = dict(block_t=64, block_d=8, num_warps=1)
+# The backward splits the channel blocks of a chunk over this many programs per SM at most
+# (each split adds a partial copy of dB and dC, summed afterwards), within SPLIT_BYTES of copies.
+BWD_PROGRAMS_PER_SM = 8
+SPLIT_BYTES = 2**30
 TARGET_WARPS_PER_SM = 8  # chunking target; 8 beat 16 and 32 on the anchor grid (RESULTS.md)
 MIN_CHUNK_TILES = 4
 
 
 def _block_d(dim_per_group: int, n_groups: int, block_d: int | None, num_warps: int) -> int:
     if block_d is None:
-        block_d = min(32 * num_warps, triton.next_power_of_2(dim_per_group))  # one channel per thread
-        if n_groups > 1:
-            # A block of channels must stay inside one group of B/C.
-            while dim_per_group % block_d:
-                block_d //= 2
-    if n_groups > 1 and dim_per_group % block_d:
-        raise ValueError(f"block_d={block_d} must divide dim // n_groups = {dim_per_group}")
+        block_d = 32 * num_warps  # one channel per thread
+    block_d = min(block_d, triton.next_power_of_2(dim_per_group))
+    if n_groups > 1:
+        # A block of channels must stay inside one group of B/C.
+        while dim_per_group % block_d:
+            block_d //= 2
     return block_d
 
 
-def _num_chunks(programs: int, num_warps: int, L: int, block_l: int, device: torch.device) -> int:
+def _num_splits(plan: _Plan, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    # Split L only when batch x dim leaves the GPU short of warps, into chunks of at least
-    # MIN_CHUNK_TILES tiles (each chunk costs one more pass over it and a carry step).
-    wanted = (TARGET_WARPS_PER_SM * sms) // (programs * num_warps)
-    return max(1, min(wanted, L // (MIN_CHUNK_TILES * block_l)))
+    programs = BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(programs, plan.n_chunks * plan.batch), plan.max_splits()))
 
 
 def _strides3(x: Tensor) -> tuple[int, int, int]:
@@ -381,11 +418,15 @@ def _bc_strides(X: Tensor) -> tuple[int, int, int, int]:
     return (0, 0, 0, 0) if X.dim() == 2 else (X.stride(0), X.stride(1), X.stride(2), X.stride(3))
 
 
+def _tile(default: dict, given: dict) -> dict:
+    return {**default, **{k: v for k, v in given.items() if v is not None}}
+
+
 class _Plan:
     """Shapes, tiles and chunking of one call, shared by forward and backward."""
 
-    def __init__(self, u: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int | None,
-                 block_d: int | None, block_l: int | None, num_warps: int | None = None) -> None:
+    def __init__(self, u: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int | None, fwd: dict,
+                 bwd: dict) -> None:
         self.batch, self.dim, self.L = u.shape
         self.N = A.shape[1]
         self.N_P2 = triton.next_power_of_2(self.N)
@@ -393,25 +434,44 @@ class _Plan:
         groups = {X.shape[1] for X in (B, C) if X.dim() == 4}
         self.G = groups.pop() if groups else 1
         self.dim_per_group = self.dim // self.G
-        self.fwd, self.bwd = ({"block_l": block_l or tile["block_l"], "num_warps": num_warps or tile["num_warps"]}
-                              for tile in (FWD_TILE, BWD_TILE))
-        for tile, default in ((self.fwd, FWD_TILE), (self.bwd, BWD_TILE)):
-            tile["block_d"] = _block_d(self.dim_per_group, self.G, block_d or default["block_d"], tile["num_warps"])
-        self.block_l = max(self.fwd["block_l"], self.bwd["block_l"])  # chunks hold whole tiles of both
+        self.fwd, self.bwd = _tile(FWD_TILE, fwd), _tile(BWD_TILE, bwd)
+        for tile in (self.fwd, self.bwd):
+            tile["block_d"] = _block_d(self.dim_per_group, self.G, tile["block_d"], tile["num_warps"])
+        # Backward tiles start where the forward saved a state: at multiples of block_t, which
+        # forward tile starts must hit, and chunks hold whole backward tiles.
+        self.seg = self.bwd["block_t"] = max(self.bwd["block_t"], self.fwd["block_l"])
         if chunk_len is None:
-            programs = self.batch * triton.cdiv(self.dim, self.fwd["block_d"])
-            n_chunks = _num_chunks(programs, self.fwd["num_warps"], self.L, self.block_l, u.device)
-            chunk_len = triton.cdiv(self.L, n_chunks)
-        self.chunk_len = max(self.block_l, triton.cdiv(chunk_len, self.block_l) * self.block_l)
+            chunk_len = triton.cdiv(self.L, self._num_chunks(u.device))
+        self.chunk_len = max(self.seg, triton.cdiv(chunk_len, self.seg) * self.seg)
         self.n_chunks = max(1, triton.cdiv(self.L, self.chunk_len))
-        self.n_tiles = max(1, triton.cdiv(self.L, self.bwd["block_l"]))  # tiles whose start states backward uses
+        self.n_segs = max(1, triton.cdiv(self.L, self.seg))
+
+    def max_splits(self) -> int:
+        """How many programs may share the channel blocks of one chunk in the backward (each
+        split keeps a partial copy of dB and dC)."""
+        copy_bytes = 2 * self.batch * self.G * self.N * self.L * 4
+        return max(1, min(triton.cdiv(self.dim, self.bwd["block_d"]), SPLIT_BYTES // copy_bytes))
+
+    def _num_chunks(self, device: torch.device) -> int:
+        if device.type != "cuda":
+            return 1
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        # Split L only when batch x dim leaves the GPU short of work, into chunks of at least
+        # min_chunk steps (each chunk costs one more pass over it and a carry step): for the
+        # forward, until TARGET_WARPS_PER_SM; for the backward, until BWD_PROGRAMS_PER_SM once
+        # the channel blocks are split as far as memory allows.
+        min_chunk = max(MIN_CHUNK_TILES * self.fwd["block_l"], self.seg)
+        fwd_programs = self.batch * triton.cdiv(self.dim, self.fwd["block_d"]) * self.fwd["num_warps"]
+        wanted = max((TARGET_WARPS_PER_SM * sms) // fwd_programs,
+                     triton.cdiv(BWD_PROGRAMS_PER_SM * sms, self.batch * self.max_splits()))
+        return max(1, min(wanted, self.L // min_chunk))
 
     def grid(self, tile: dict) -> tuple[int, int]:
         return (self.batch * triton.cdiv(self.dim, tile["block_d"]), self.n_chunks)
 
-    def meta(self, tile: dict, block_l: int | None = None) -> dict:
-        return dict(DSTATE=self.N, N_P2=self.N_P2, BLOCK_D=tile["block_d"], BLOCK_L=block_l or tile["block_l"],
-                    B_CONST=self.const_b, C_CONST=self.const_c, num_warps=tile["num_warps"])
+    def meta(self, tile: dict) -> dict:
+        return dict(DSTATE=self.N, N_P2=self.N_P2, BLOCK_D=tile["block_d"], B_CONST=self.const_b,
+                    C_CONST=self.const_c, num_warps=tile["num_warps"])
 
 
 def _states(plan: _Plan, n: int, like: Tensor, zero: bool = True) -> Tensor:
@@ -419,20 +479,21 @@ def _states(plan: _Plan, n: int, like: Tensor, zero: bool = True) -> Tensor:
     return make(plan.batch, n, plan.dim, plan.N, device=like.device, dtype=torch.float32)
 
 
-def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h_in, h_out, tiles, dsum,
-                write_y: bool, save_tiles: bool, sum_delta: bool) -> None:
+def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h_in, h_out, segs, dsum,
+                write_y: bool, sum_delta: bool) -> None:
     _scan_fwd_kernel[plan.grid(plan.fwd)](
-        u, delta, delta_bias, A, B, C, D, z, y, h_in, h_out, tiles, dsum,
-        plan.L, plan.chunk_len, plan.n_chunks, plan.n_tiles, plan.dim, plan.dim_per_group,
+        u, delta, delta_bias, A, B, C, D, z, y, h_in, h_out, segs, dsum,
+        plan.L, plan.chunk_len, plan.n_chunks, plan.n_segs, plan.dim, plan.dim_per_group,
         *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
         *(_strides3(y) if y is not None else (0, 0, 0)), *_bc_strides(B), *_bc_strides(C),
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-        WRITE_Y=write_y, SAVE_TILES=save_tiles, SUM_DELTA=sum_delta,
-        **plan.meta(plan.fwd, plan.bwd["block_l"] if save_tiles else None))
+        WRITE_Y=write_y, SAVE_SEGS=segs is not None, SEG=plan.seg, SUM_DELTA=sum_delta,
+        BLOCK_L=plan.fwd["block_l"], **plan.meta(plan.fwd))
 
 
-def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0):
-    """Returns y, the final state, the state at the start of every chunk, and per-chunk sum(delta)."""
+def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0, save: bool):
+    """Returns y, the final state, the states the backward starts its tiles from (when `save`), and
+    per-chunk sum(delta)."""
     y = torch.empty(plan.batch, plan.dim, plan.L, device=u.device, dtype=u.dtype)
     dsum = torch.empty(plan.batch, plan.n_chunks, plan.dim, device=u.device, dtype=torch.float32)
     final = torch.empty(plan.batch, plan.dim, plan.N, device=u.device, dtype=torch.float32)
@@ -442,31 +503,31 @@ def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0
     else:
         local = _states(plan, plan.n_chunks, u, zero=False)
         _fwd_launch(plan, *inputs, None, _states(plan, plan.n_chunks, u), local, None, dsum,
-                    write_y=False, save_tiles=False, sum_delta=True)
+                    write_y=False, sum_delta=True)
         starts = _states(plan, plan.n_chunks, u, zero=False)
         _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
             A, dsum, local, starts, h0, final, plan.n_chunks, plan.dim,
             DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False)
     ends = _states(plan, plan.n_chunks, u, zero=False)
-    _fwd_launch(plan, *inputs, y, starts, ends, None, dsum, write_y=True, save_tiles=False,
-                sum_delta=plan.n_chunks == 1)
+    segs = _states(plan, plan.n_segs, u, zero=False) if save else None
+    _fwd_launch(plan, *inputs, y, starts, ends, segs, dsum, write_y=True, sum_delta=plan.n_chunks == 1)
     if plan.n_chunks == 1:
         final = ends[:, 0]
-    return y, final, starts, dsum
+    return y, final, segs, dsum
 
 
-def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, starts, dsum):
+def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, segs, dsum):
     dev = u.device
-    inputs = (u, delta, A, B, C, D, z, delta_bias, softplus)
-    # Recompute the state at the start of every tile from the saved chunk-start states.
-    tiles = _states(plan, plan.n_tiles, u, zero=False)
-    _fwd_launch(plan, *inputs, None, starts, _states(plan, plan.n_chunks, u, zero=False), tiles, dsum,
-                write_y=False, save_tiles=True, sum_delta=False)
     du = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=u.dtype)
     ddelta = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=delta.dtype)
     dz = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=z.dtype) if z is not None else None
-    dB = None if plan.const_b else torch.zeros(plan.batch, plan.G, plan.N, plan.L, device=dev, dtype=torch.float32)
-    dC = None if plan.const_c else torch.zeros(plan.batch, plan.G, plan.N, plan.L, device=dev, dtype=torch.float32)
+    n_dblocks = triton.cdiv(plan.dim, plan.bwd["block_d"])
+    n_splits = _num_splits(plan, dev)
+    per_split = triton.cdiv(n_dblocks, n_splits)
+    n_splits = triton.cdiv(n_dblocks, per_split)
+    shape = (n_splits, plan.batch, plan.G, plan.N, plan.L)
+    dB = None if plan.const_b else torch.zeros(shape, device=dev, dtype=torch.float32)
+    dC = None if plan.const_c else torch.zeros(shape, device=dev, dtype=torch.float32)
     parts = _states(plan, plan.n_chunks, u, zero=False)
     dD_part = torch.empty(plan.batch, plan.n_chunks, plan.dim, device=dev, dtype=torch.float32)
     dbias_part = torch.empty_like(dD_part)
@@ -477,13 +538,16 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
         dfinal = torch.zeros(plan.batch, plan.dim, plan.N, device=dev, dtype=torch.float32)
     dfinal = dfinal.float().contiguous()
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-                 **plan.meta(plan.bwd))
+                 BLOCK_T=plan.bwd["block_t"], **plan.meta(plan.bwd))
 
     def launch(carry, local_only, gloc=None):
-        _scan_bwd_kernel[plan.grid(plan.bwd)](
-            u, delta, delta_bias, A, B, C, D, z, dy, tiles, carry, du, ddelta, dz, dB, dC,
+        # The local-adjoint pass writes no dB/dC: one channel block per program.
+        splits, per = (n_dblocks, 1) if local_only else (n_splits, per_split)
+        _scan_bwd_kernel[(plan.n_chunks * plan.batch * splits,)](
+            u, delta, delta_bias, A, B, C, D, z, dy, segs, carry, du, ddelta, dz, dB, dC,
             parts, dD_part, dbias_part, dB_part, dC_part, dh0, gloc,
-            plan.L, plan.chunk_len, plan.n_chunks, plan.n_tiles, plan.dim, plan.dim_per_group, plan.G,
+            plan.L, plan.chunk_len, plan.n_chunks, plan.n_segs, plan.dim, plan.dim_per_group, plan.G,
+            plan.batch, splits, per,
             *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy),
             *_bc_strides(B), *_bc_strides(C), *_strides3(du), LOCAL_ONLY=local_only, **flags)
 
@@ -500,18 +564,18 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
     dA = parts.sum(dim=(0, 1))
     dD = dD_part.sum(dim=(0, 1)) if D is not None else None
     dbias = dbias_part.sum(dim=(0, 1)) if delta_bias is not None else None
-    dB = dB_part.sum(dim=(0, 1)) if plan.const_b else dB
-    dC = dC_part.sum(dim=(0, 1)) if plan.const_c else dC
+    dB = dB_part.sum(dim=(0, 1)) if plan.const_b else dB.sum(0) if n_splits > 1 else dB[0]
+    dC = dC_part.sum(dim=(0, 1)) if plan.const_c else dC.sum(0) if n_splits > 1 else dC[0]
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
 
 
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, h0, chunk_len, block_d, block_l, num_warps):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, h0, chunk_len, fwd_tile, bwd_tile):
         B_in, C_in = B, C
         B = B.unsqueeze(1) if B.dim() == 3 else B
         C = C.unsqueeze(1) if C.dim() == 3 else C
-        plan = _Plan(u, A, B, C, chunk_len, block_d, block_l, num_warps)
+        plan = _Plan(u, A, B, C, chunk_len, fwd_tile, bwd_tile)
         A = A.float().contiguous()
         B = B.float().contiguous() if B.dim() == 2 else B
         C = C.float().contiguous() if C.dim() == 2 else C
@@ -521,23 +585,25 @@ class SelectiveScanFn(torch.autograd.Function):
         if h0 is None:
             h0 = torch.zeros(plan.batch, plan.dim, plan.N, device=u.device, dtype=torch.float32)
         h0 = h0.float().contiguous()
-        y, final, starts, dsum = _scan_forward(plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0)
+        save = any(ctx.needs_input_grad)
+        y, final, segs, dsum = _scan_forward(plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0, save)
         ctx.bc_shapes = (B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts, dsum)
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, segs, dsum)
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        u, delta, A, B, C, D, z, delta_bias, starts, dsum = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, segs, dsum = ctx.saved_tensors
         plan = ctx.plan
         if dy is None:
             dy = torch.zeros_like(u)
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _scan_backward(
-            plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, starts, dsum)
+            plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.softplus, segs, dsum)
         b_shape, c_shape, b_dtype, c_dtype = ctx.bc_shapes
         dB = dB.reshape(b_shape).to(b_dtype)
         dC = dC.reshape(c_shape).to(c_dtype)
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dh0 if ctx.has_h0 else None, None, None, None, None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, dh0 if ctx.has_h0 else None, None, None, None
 
 
 def selective_scan(
@@ -557,14 +623,20 @@ def selective_scan(
     block_d: int | None = None,
     block_l: int | None = None,
     num_warps: int | None = None,
+    bwd_block_t: int | None = None,
+    bwd_block_d: int | None = None,
+    bwd_num_warps: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan on the Triton kernels; same contract as `reference.selective_scan_ref`.
 
     u, delta, z: (batch, dim, L); A: (dim, d_state); B, C: (batch, n_groups, d_state, L),
     (batch, d_state, L) or (dim, d_state); D, delta_bias: (dim,); initial_state:
     (batch, dim, d_state). `chunk_len` forces the split of L into parallel chunks (default:
-    chosen from the GPU's size); `block_d`, `block_l`, `num_warps` set the tile.
+    chosen from the GPU's size); `block_l`, `block_d`, `num_warps` set the forward tile and
+    `bwd_block_t`, `bwd_block_d`, `bwd_num_warps` the backward's (powers of two).
     """
+    fwd = dict(block_l=block_l, block_d=block_d, num_warps=num_warps)
+    bwd = dict(block_t=bwd_block_t, block_d=bwd_block_d, num_warps=bwd_num_warps)
     y, final = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                     chunk_len, block_d, block_l, num_warps)
+                                     chunk_len, fwd, bwd)
     return (y, final) if return_final_state else y
