@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,12 +55,15 @@ def generate(
     generator: torch.Generator | None = None,
     vocab_limit: int | None = None,
     return_logits: bool = False,
+    allowed: Tensor | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Continue `prompt` (batch, L >= 1) by `max_new_tokens` tokens.
 
     Returns (batch, L + max_new_tokens) token ids, and with `return_logits` the logits that
     produced each new token, (batch, max_new_tokens, vocab). `vocab_limit` masks the padded
-    vocabulary rows (ids >= vocab_limit) so they are never sampled.
+    vocabulary rows (ids >= vocab_limit) so they are never sampled; `allowed` (bool, (vocab_limit,))
+    restricts sampling further (e.g. to the four bases). `on_step(i)` is called after each token.
     """
     if prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be (batch, L) with L >= 1, got {tuple(prompt.shape)}")
@@ -70,12 +74,16 @@ def generate(
     tokens, all_logits = [prompt], []
     for i in range(max_new_tokens):
         logits = logits[:, :vocab_limit]
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
         token = sample_next(logits, sampling, generator)
         tokens.append(token.unsqueeze(1))
         if return_logits:
             all_logits.append(logits)
         if i + 1 < max_new_tokens:
             logits = model.step(token, cache)
+        if on_step is not None:
+            on_step(i)
     out = torch.cat(tokens, dim=1)
     if return_logits:
         return out, torch.stack(all_logits, dim=1) if all_logits else prompt.new_zeros(

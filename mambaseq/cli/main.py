@@ -32,6 +32,17 @@ class UserError(ClickException):
     exit_code = 2
 
 
+def _group(name: str, help_text: str) -> typer.Typer:
+    """A `mambaseq <verb>` group whose commands are the modalities (dna, audio)."""
+    group = typer.Typer(help=help_text, no_args_is_help=True, add_completion=False)
+    app.add_typer(group, name=name)
+    return group
+
+
+def _model_option() -> typer.Option:
+    return typer.Option(..., "--model", help="Model folder (config.json + model.safetensors).")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mambaseq {__version__}")
@@ -82,8 +93,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print the report as
     console.print(table)
 
 
-train_app = typer.Typer(help="Train a model.", no_args_is_help=True, add_completion=False)
-app.add_typer(train_app, name="train")
+train_app = _group("train", "Train a model.")
 
 
 def _quiet_lightning() -> None:
@@ -146,13 +156,12 @@ def train_dna_command(
     typer.echo(f"model saved to: {result.model_dir}")
 
 
-eval_app = typer.Typer(help="Evaluate a model.", no_args_is_help=True, add_completion=False)
-app.add_typer(eval_app, name="eval")
+eval_app = _group("eval", "Evaluate a model.")
 
 
 @eval_app.command("dna")
 def eval_dna_command(
-    model: str = typer.Option(..., "--model", help="Model folder (config.json + model.safetensors)."),
+    model: str = _model_option(),
     fasta: list[str] = typer.Option(..., "--fasta", help="FASTA files to score."),
     bed: str = typer.Option(None, "--bed", help="BED intervals to restrict the windows to."),
     seq_len: int = typer.Option(None, "--seq-len", help="Window length (default: the training length)."),
@@ -177,6 +186,80 @@ def eval_dna_command(
     else:
         typer.echo(f"bits/base {result['bits_per_base']:.4f}  perplexity {result['perplexity']:.4f}  "
                    f"({result['windows']} windows of {result['seq_len']}, {result['tokens']} bases)")
+
+
+generate_app = _group("generate", "Sample from a model.")
+
+
+@generate_app.command("dna")
+def generate_dna_command(
+    model: str = _model_option(),
+    out: str = typer.Option("generated.fa", "--out", help="FASTA file to write."),
+    length: int = typer.Option(1000, "--length", help="Bases to generate per sample."),
+    n: int = typer.Option(1, "--n", help="Samples per prompt."),
+    prompt: str = typer.Option(None, "--prompt", help="Prompt sequence (e.g. ACGT...)."),
+    prompt_fasta: str = typer.Option(None, "--prompt-fasta", help="FASTA file: each record is a prompt."),
+    temperature: float = typer.Option(1.0, "--temperature", help="0 samples greedily."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest bases (0: all)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1.0: off)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same output (on the same device)."),
+) -> None:
+    """Generate DNA in step mode (constant memory per base) and write it as FASTA.
+
+    Example: mambaseq generate dna --model runs/dna/model --prompt ACGTTGCA --length 5000 --n 4 --out gen.fa
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..checkpoint import CheckpointError
+    from ..generation import SamplingConfig
+    from ..tasks.dna.fasta import DnaInputError
+    from ..tasks.dna.generate import generate_dna
+
+    try:
+        sampling = SamplingConfig(temperature, top_k, top_p)
+        with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} bases"),
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("generate", total=length)
+            records = generate_dna(model, out, length, n, prompt, prompt_fasta, sampling, seed,
+                                   on_step=lambda i: progress.update(task, completed=i + 1))
+    except (DnaInputError, CheckpointError, ValueError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    typer.echo(f"wrote {len(records)} sequences of {length} bases to {out}")
+
+
+embed_app = _group("embed", "Embed sequences with a model.")
+
+
+@embed_app.command("dna")
+def embed_dna_command(
+    model: str = _model_option(),
+    fasta: list[str] = typer.Option(..., "--fasta", help="FASTA files whose records to embed."),
+    out: str = typer.Option(..., "--out", help="Output file: .npy (+ .tsv index), .parquet or .h5."),
+    bed: str = typer.Option(None, "--bed", help="Embed these BED intervals instead of whole records."),
+    pool: str = typer.Option("mean", "--pool", help="mean | max | first | last | none (per base, .h5 only)."),
+    chunk_len: int = typer.Option(65536, "--chunk-len", help="Bases per forward; the state carries over."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences embedded together."),
+) -> None:
+    """One vector per record or interval (or per base), streamed in bounded memory.
+
+    Example: mambaseq embed dna --model runs/dna/model --fasta genome.fa.gz --bed genes.bed --out genes.parquet
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..checkpoint import CheckpointError
+    from ..tasks.dna.embed import embed_dna
+    from ..tasks.dna.fasta import DnaInputError
+
+    try:
+        with Progress(TextColumn("embedding"), BarColumn(), TextColumn("{task.completed:,} bases"),
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("embed", total=None)
+            result = embed_dna(model, fasta, out, bed, pool, chunk_len, batch_size,
+                               on_bases=lambda k: progress.advance(task, k))
+    except (DnaInputError, CheckpointError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    typer.echo(f"wrote {result['rows']} embeddings ({result['pool']}, dim {result['dim']}, "
+               f"{result['bases']:,} bases) to {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
