@@ -12,6 +12,11 @@ from . import __version__
 from .kernels import ENV_VAR, backend_report, requested_backend, triton_version
 
 
+def default_device() -> str:
+    """Where a command runs when the user names no device: the first GPU if there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:

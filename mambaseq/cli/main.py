@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -39,7 +40,7 @@ def _group(name: str, help_text: str) -> typer.Typer:
     return group
 
 
-def _model_option() -> typer.Option:
+def _model_option() -> Any:
     return typer.Option(..., "--model", help="Model folder (config.json + model.safetensors).")
 
 

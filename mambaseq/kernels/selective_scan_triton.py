@@ -34,14 +34,10 @@ dA, dD and d(delta_bias) are per-program partial sums reduced afterwards.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-
-LOG2E = math.log2(math.e)
 
 
 @triton.jit

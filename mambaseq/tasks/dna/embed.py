@@ -20,6 +20,7 @@ import torch
 from ...checkpoint import from_pretrained, read_model_dir
 from ...fileio import atomic_write
 from ...models import MambaLM
+from ...sysinfo import default_device
 from .fasta import DnaInputError, FastaCollection, Interval, read_bed
 from .tokenizer import N, encode
 
@@ -117,7 +118,7 @@ def embed_dna(model_dir: str | Path, fasta: list[str], out: str | Path, bed: str
     soft_mask = read_model_dir(model_dir)["metadata"].get("soft_mask", "base")
     collection = FastaCollection(fasta)
     regions = _regions(collection, bed)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model = from_pretrained(model_dir, device=device).eval()
     d_model = model.config.d_model
     if pool == "none":

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ...checkpoint import from_pretrained, read_model_dir
+from ...sysinfo import default_device
 from .fasta import DnaInputError, FastaCollection, Interval, read_bed
 from .windows import ValidWindows
 
@@ -29,7 +30,7 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     collection = FastaCollection(fasta)
     regions = read_bed(bed, collection) if bed else [Interval(r.name, 0, r.length) for r in collection.records]
     windows = ValidWindows(collection, regions, seq_len, max_windows, max_n_frac, soft_mask, seed)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model = from_pretrained(model_dir, device=device)
     vocab = model.config.vocab_size
     nll, tokens = 0.0, 0

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ...checkpoint import from_pretrained, read_model_dir
 from ...fileio import atomic_write
 from ...generation import SamplingConfig, generate
+from ...sysinfo import default_device
 from .fasta import DnaInputError, FastaCollection
-from .tokenizer import A, C, G, T, decode, encode
+from .tokenizer import UNK, A, C, G, T, decode, encode
 
 FASTA_LINE = 80
 
@@ -24,9 +26,10 @@ def _prompts(prompt: str | None, prompt_fasta: str | None, soft_mask: str,
         collection = FastaCollection([prompt_fasta])
         prompts = [(r.name, collection.fetch(r.name, 0, r.length)) for r in collection.records]
     elif prompt:
-        bad = sorted(set(prompt.upper()) - set("ACGTNRYSWKMBDHVU"))
-        if bad:
-            raise DnaInputError(f"--prompt: not a DNA sequence (characters {''.join(bad)!r})")
+        unknown = np.flatnonzero(encode(prompt) == UNK)
+        if unknown.size:
+            pos = int(unknown[0])
+            raise DnaInputError(f"--prompt: not a DNA sequence ({prompt[pos]!r} at position {pos + 1})")
         prompts = [("prompt", prompt)]
     else:
         # The model was trained on bare windows (no start token): begin from one random base.
@@ -50,7 +53,7 @@ def generate_dna(model_dir: str | Path, out: str | Path, length: int = 1000, n: 
     sampling = sampling or SamplingConfig()
     info = read_model_dir(model_dir)
     soft_mask = info["metadata"].get("soft_mask", "base")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     prompts = _prompts(prompt, prompt_fasta, soft_mask, torch.Generator().manual_seed(seed))
     generator = torch.Generator(device=device).manual_seed(seed)
     model = from_pretrained(model_dir, device=device).eval()
