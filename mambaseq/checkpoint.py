@@ -13,28 +13,29 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import MambaConfig
 from .fileio import atomic_write
-from .models import MambaLM
+from .models import MambaClassifier, MambaLM
+
+Model = MambaLM | MambaClassifier
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "mambaseq"
 FORMAT_VERSION = 1
+ARCHITECTURES = ("MambaLM", "MambaClassifier")
 
 
 class CheckpointError(ValueError):
     """A model directory is missing, malformed, or does not fit the model it is loaded into."""
 
 
-def save_pretrained(model: MambaLM, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_pretrained(model: Model, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write `model` to `directory` (created if needed) as config.json + model.safetensors.
 
     `metadata` holds task facts a user of the model needs (vocabulary, sample rate, class names).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)  # the same tensor as the embedding
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _saved_state(model).items()}
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -43,10 +44,19 @@ def save_pretrained(model: MambaLM, directory: str | Path, metadata: dict[str, A
         "model": model.config.to_dict(),
         "metadata": metadata or {},
     }
+    if isinstance(model, MambaClassifier):
+        document["head"] = model.head_config()
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME,
                   lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n"))
     return directory
+
+
+def _saved_state(model: Model) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if isinstance(model, MambaLM) and model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # the same tensor as the embedding
+    return state
 
 
 def read_model_dir(directory: str | Path) -> dict[str, Any]:
@@ -73,10 +83,17 @@ def read_model_dir(directory: str | Path) -> dict[str, Any]:
         document["config"] = MambaConfig.from_dict(document["model"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: {err}") from None
+    architecture = document.get("architecture", "MambaLM")
+    if architecture not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: unknown architecture {architecture!r} (this mambaseq reads "
+                              f"{', '.join(ARCHITECTURES)})")
+    if architecture == "MambaClassifier" and not isinstance(document.get("head"), dict):
+        raise CheckpointError(f"{path}: a MambaClassifier config needs a 'head' entry")
+    document["architecture"] = architecture
     return document
 
 
-def load_weights(model: MambaLM, directory: str | Path, strict_config: bool = True) -> MambaLM:
+def load_weights(model: Model, directory: str | Path, strict_config: bool = True) -> Model:
     """Load the weights of `directory` into `model`, checking the config first."""
     directory = Path(directory)
     saved = read_model_dir(directory)["config"]
@@ -93,9 +110,7 @@ def load_weights(model: MambaLM, directory: str | Path, strict_config: bool = Tr
         state = load_file(weights_path)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{weights_path}: unreadable safetensors file ({err})") from None
-    expected = model.state_dict()
-    if model.config.tie_embeddings:
-        expected.pop("lm_head.weight", None)
+    expected = _saved_state(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
@@ -113,11 +128,21 @@ def load_weights(model: MambaLM, directory: str | Path, strict_config: bool = Tr
     return model
 
 
+def build_model(document: dict[str, Any]) -> Model:
+    """An untrained model of the architecture a parsed config.json (`read_model_dir`) describes."""
+    if document["architecture"] == "MambaClassifier":
+        try:
+            return MambaClassifier(document["config"], **document["head"])
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"invalid classifier head {document['head']!r}: {err}") from None
+    return MambaLM(document["config"])
+
+
 def from_pretrained(directory: str | Path, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None) -> MambaLM:
-    """Build the model described by `directory`/config.json and load its weights."""
-    config = read_model_dir(directory)["config"]
-    model = MambaLM(config)
+                    dtype: torch.dtype | None = None) -> Model:
+    """Build the model described by `directory`/config.json (a MambaLM or MambaClassifier) and load
+    its weights."""
+    model = build_model(read_model_dir(directory))
     load_weights(model, directory)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)

@@ -299,3 +299,36 @@ def test_saved_files_follow_the_umask(tmp_path):
         os.umask(old)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def _classifier():
+    from mambaseq.models import MambaClassifier
+
+    model = MambaClassifier(_config(), num_classes=3, pooling="last", dropout=0.1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model.eval()
+
+
+def test_classifier_round_trip_gives_identical_logits(tmp_path):
+    model = _classifier()
+    save_pretrained(model, tmp_path)
+    loaded = from_pretrained(tmp_path)
+    assert type(loaded).__name__ == "MambaClassifier" and loaded.head_config() == model.head_config()
+    ids = _ids(model.config)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda doc: doc.update(architecture="Transformer"), "unknown architecture"),
+    (lambda doc: doc.pop("head"), "needs a 'head'"),
+])
+def test_bad_classifier_config_is_a_checkpoint_error(tmp_path, edit, message):
+    save_pretrained(_classifier(), tmp_path)
+    document = json.loads((tmp_path / CONFIG_NAME).read_text())
+    edit(document)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match=message):
+        from_pretrained(tmp_path)

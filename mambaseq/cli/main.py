@@ -108,6 +108,26 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
 
+def _overrides(items: list[str] | None, **flags: Any) -> dict[str, Any]:
+    """Recipe overrides: --set KEY=VALUE items (values in YAML syntax), then the flags given."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: cannot read value {value!r}") from None
+    return {**overrides, **{k: v for k, v in flags.items() if v is not None}}
+
+
+def _set_option() -> Any:
+    return typer.Option(None, "--set", help="Override any recipe field: --set valid_fraction=0.1 (YAML value syntax).")
+
+
 @train_app.command("dna")
 def train_dna_command(
     fasta: list[str] = typer.Option(None, "--fasta", help="FASTA files (plain, .gz or bgzip); default: the bundled "
@@ -123,30 +143,19 @@ def train_dna_command(
     model: str = typer.Option(None, "--model", help="Model preset (tiny, dna-1.4m, dna-7m)."),
     seed: int = typer.Option(None, "--seed", help="Seed of model init and window sampling."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
-    set_: list[str] = typer.Option(None, "--set", help="Override any recipe field: --set valid_fraction=0.1 "
-                                   "(YAML value syntax)."),
+    set_: list[str] = _set_option(),
 ) -> None:
     """Pretrain a nucleotide-level Mamba LM on FASTA files.
 
     With no arguments: the tiny recipe on the bundled yeast genome (a few minutes on a laptop CPU).
     Example: mambaseq train dna --fasta genome.fa.gz --bed regions.bed --out runs/my-genome
     """
-    import yaml
-
     from ..tasks.dna.fasta import DnaInputError
     from ..tasks.dna.train import DnaTrainConfig, train_dna
 
     _quiet_lightning()
-    overrides = dict(fasta=fasta or None, bed=bed, out=out, seq_len=seq_len, batch_size=batch_size,
-                     max_steps=max_steps, lr=lr, model=model, seed=seed, resume=resume or None)
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: cannot read value {value!r}") from None
+    overrides = _overrides(set_, fasta=fasta or None, bed=bed, out=out, seq_len=seq_len, batch_size=batch_size,
+                           max_steps=max_steps, lr=lr, model=model, seed=seed, resume=resume or None)
     try:
         cfg = DnaTrainConfig.from_recipe(recipe, **overrides)
         console = Console(stderr=True)
@@ -261,6 +270,182 @@ def embed_dna_command(
         raise UserError(" ".join(str(err).split())) from None
     typer.echo(f"wrote {result['rows']} embeddings ({result['pool']}, dim {result['dim']}, "
                f"{result['bases']:,} bases) to {out}")
+
+
+classify_app = _group("classify", "Species classification of DNA windows: train, eval, predict.")
+
+
+@classify_app.command("train")
+def classify_train_command(
+    species: list[str] = typer.Option(None, "--species", help="NAME=FASTA[,FASTA...], once per species; default: "
+                                      "the bundled yeast chromosome I sequences as 3 species."),
+    manifest: str = typer.Option(None, "--manifest", help="TSV of species<TAB>fasta lines instead of --species."),
+    init_from: str = typer.Option(None, "--init-from", help="Pretrained DNA LM folder to start the backbone from."),
+    out: str = typer.Option(None, "--out", help="Run folder: checkpoints, logs, test/ report and model/."),
+    recipe: str = typer.Option("classify-tiny-cpu", "--recipe", "--config",
+                               help="Recipe name (classify-tiny-cpu, classify-1.4m) or a YAML file."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Window length in bases."),
+    pooling: str = typer.Option(None, "--pooling", help="mean | max | first | last (the head's input)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Windows per step at the full length."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
+    model: str = typer.Option(None, "--model", help="Model preset when training from scratch (tiny, dna-1.4m)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of model init, window sampling and the fixed windows."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
+    set_: list[str] = _set_option(),
+) -> None:
+    """Train a classifier that tells which species a DNA window comes from.
+
+    With no arguments: a tiny model on the three bundled yeasts (a few minutes on a laptop CPU).
+    Example: mambaseq classify train --species dmel=dmel.fa.gz --species dsim=dsim.fa.gz --seq-len 16384 --out runs/fly
+    """
+    from ..checkpoint import CheckpointError
+    from ..tasks.dna.classify import ClassifyConfig, train_classifier
+    from ..tasks.dna.fasta import DnaInputError
+
+    _quiet_lightning()
+    overrides = _overrides(set_, species=species or None, manifest=manifest, init_from=init_from, out=out,
+                           seq_len=seq_len, pooling=pooling, batch_size=batch_size, max_steps=max_steps, lr=lr,
+                           model=model, seed=seed, resume=resume or None)
+    try:
+        cfg = ClassifyConfig.from_recipe(recipe, **overrides)
+        console = Console(stderr=True)
+        result = train_classifier(cfg, log=lambda line: console.print(f"[bold]mambaseq classify train[/]: {line}"))
+    except (DnaInputError, CheckpointError, TypeError, ValueError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    typer.echo(f"validation accuracy: {result.valid_accuracy:.4f}; test accuracy: {result.test['accuracy']:.4f} "
+               f"({result.test['windows']} windows) after {result.steps} steps")
+    typer.echo(f"test report: {result.run_dir / 'test'}")
+    typer.echo(f"model saved to: {result.model_dir}")
+
+
+@classify_app.command("eval")
+def classify_eval_command(
+    model: str = _model_option(),
+    species: list[str] = typer.Option(None, "--species", help="NAME=FASTA[,FASTA...] to evaluate on (default: the "
+                                      "model's own training files, test split)."),
+    manifest: str = typer.Option(None, "--manifest", help="TSV of species<TAB>fasta lines instead of --species."),
+    split: str = typer.Option(None, "--split", help="test | valid | train | all (default: test on the model's "
+                              "files, all on files you give)."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Window length (default: the training length)."),
+    windows: int = typer.Option(None, "--windows", help="Fixed windows per species (default: as in training)."),
+    rc: bool = typer.Option(False, "--rc", help="Average each window's prediction with its reverse complement's."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    out: str = typer.Option(None, "--out", help="Folder for metrics.json, confusion_matrix.json and .png."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Accuracy, per-species precision/recall/F1 and the confusion matrix of a classifier.
+
+    Example: mambaseq classify eval --model runs/fly/model --rc --out runs/fly/eval
+    """
+    from ..checkpoint import CheckpointError
+    from ..tasks.dna.classify import evaluate_classifier
+    from ..tasks.dna.fasta import DnaInputError
+
+    try:
+        report = evaluate_classifier(model, species or None, manifest, split, seq_len, windows, rc, batch_size, out)
+    except (DnaInputError, CheckpointError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    table = Table(title=f"{report['split']} windows of {report['seq_len']:,} bases: accuracy {report['accuracy']:.4f}, "
+                  f"macro F1 {report['macro_f1']:.4f}")
+    for column in ("species", "precision", "recall", "F1", "windows"):
+        table.add_column(column, justify="left" if column == "species" else "right")
+    for name, row in report["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    Console().print(table)
+    if out:
+        typer.echo(f"report written to: {out}")
+
+
+@classify_app.command("predict")
+def classify_predict_command(
+    model: str = _model_option(),
+    fasta: list[str] = typer.Option(..., "--fasta", help="FASTA files whose records to classify."),
+    out: str = typer.Option("predictions.tsv", "--out", help="TSV of predictions and class probabilities."),
+    bed: str = typer.Option(None, "--bed", help="Classify these BED intervals instead of whole records."),
+    window: int = typer.Option(None, "--window", help="Window length (default: the training length)."),
+    stride: int = typer.Option(None, "--stride", help="Bases between window starts (default: --window)."),
+    per: str = typer.Option("auto", "--per", help="window | interval | auto (interval with --bed, else window)."),
+    rc: bool = typer.Option(False, "--rc", help="Average each window's prediction with its reverse complement's."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+) -> None:
+    """Predict the species of every window, record or BED interval.
+
+    Example: mambaseq classify predict --model runs/fly/model --fasta contigs.fa --per interval --rc --out pred.tsv
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..checkpoint import CheckpointError
+    from ..tasks.dna.classify import predict_species
+    from ..tasks.dna.fasta import DnaInputError
+
+    try:
+        with Progress(TextColumn("classifying"), BarColumn(), TextColumn("{task.completed:,} windows"),
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("predict", total=None)
+            result = predict_species(model, fasta, out, bed, window, stride, per, rc, batch_size,
+                                     on_window=lambda k: progress.advance(task, k))
+    except (DnaInputError, CheckpointError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    typer.echo(f"wrote {result['rows']} predictions ({result['per']}s, {result['windows']} windows of up to "
+               f"{result['window']:,} bases) to {out}")
+
+
+score_app = _group("score", "Score sequences with a model.")
+
+
+@score_app.command("dna")
+def score_dna_command(
+    model: str = _model_option(),
+    fasta: list[str] = typer.Option(..., "--fasta", help="FASTA files whose records to score."),
+    out: str = typer.Option(..., "--out", help="Output table (.tsv)."),
+    bed: str = typer.Option(None, "--bed", help="Score these BED intervals instead of whole records."),
+    variants: str = typer.Option(None, "--variants", metavar="FILE",
+                                 help="Score variants instead: a chrom/pos/ref/alt table or a VCF (.vcf, .vcf.gz)."),
+    window: int = typer.Option(1024, "--window", help="Bases of reference around each variant."),
+    chunk_len: int = typer.Option(65536, "--chunk-len", help="Bases per forward; the state carries over."),
+    batch_size: int = typer.Option(None, "--batch-size",
+                                   help="Sequences scored together (default 8; 16 for variants)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Log-likelihood of each record or interval, or the likelihood change of each variant.
+
+    Example: mambaseq score dna --model runs/dna/model --fasta genome.fa.gz --variants snps.vcf.gz --out snps.tsv
+    """
+    import math
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..checkpoint import CheckpointError
+    from ..tasks.dna.fasta import DnaInputError
+    from ..tasks.dna.score import score_dna, score_variants
+
+    if variants and bed:
+        raise UserError("--bed and --variants cannot be combined: variants are scored in windows around them")
+    unit = "variants" if variants else "bases"
+    try:
+        with Progress(TextColumn("scoring"), BarColumn(), TextColumn(f"{{task.completed:,}} {unit}"),
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("score", total=None)
+            if variants:
+                result = score_variants(model, fasta, variants, out, window, batch_size or 16,
+                                        on_variant=lambda k: progress.advance(task, k))
+            else:
+                result = score_dna(model, fasta, out, bed, chunk_len, batch_size or 8,
+                                   on_bases=lambda k: progress.advance(task, k))
+    except (DnaInputError, CheckpointError) as err:
+        raise UserError(" ".join(str(err).split())) from None
+    if as_json:
+        # NaN (nothing scored) is not JSON: write null.
+        typer.echo(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}))
+    elif variants:
+        typer.echo(f"scored {result['rows']} variants (window {window}) -> {out}")
+    else:
+        typer.echo(f"scored {result['rows']} records ({result['bases']:,} bases): "
+                   f"{result['bits_per_base']:.4f} bits/base -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """nn.Modules only: mixer, backbone, LM, heads and the inference cache. No data, files or CLI."""
 
 from .cache import InferenceCache, LayerState
+from .classifier import MambaClassifier
 from .heads import POOLINGS, ClassificationHead, pool
 from .lm import MambaBackbone, MambaBlock, MambaLM
 from .mixer import MambaMixer
@@ -12,6 +13,7 @@ __all__ = [
     "LayerState",
     "MambaBackbone",
     "MambaBlock",
+    "MambaClassifier",
     "MambaLM",
     "MambaMixer",
     "pool",

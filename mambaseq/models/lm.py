@@ -66,6 +66,22 @@ class MambaBackbone(nn.Module):
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
 
+@torch.no_grad()
+def init_backbone_(backbone: MambaBackbone, n_layer: int) -> None:
+    """Initialise `backbone` in place: zero biases (dt_proj keeps its Δ init), N(0, 0.02) embedding."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Linear) and module.bias is not None and not name.endswith("dt_proj"):
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+    # GPT-2-style: each residual branch's output projection shrinks with depth, so the
+    # residual stream's variance does not grow with the number of layers.
+    for layer in backbone.layers:
+        weight = layer.mixer.out_proj.weight
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        weight.div_(math.sqrt(n_layer))
+
+
 class MambaLM(nn.Module):
     """Mamba language model with a (tied) LM head.
 
@@ -82,19 +98,8 @@ class MambaLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
-    @torch.no_grad()
     def _init_weights(self) -> None:
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and module.bias is not None and not name.endswith("dt_proj"):
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-        # GPT-2-style: each residual branch's output projection shrinks with depth, so the
-        # residual stream's variance does not grow with the number of layers.
-        for layer in self.backbone.layers:
-            weight = layer.mixer.out_proj.weight
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-            weight.div_(math.sqrt(self.config.n_layer))
+        init_backbone_(self.backbone, self.config.n_layer)
 
     def hidden_states(self, input_ids: Tensor, cache: InferenceCache | None = None) -> Tensor:
         """input_ids: (batch, L) -> (batch, L, d_model)."""

@@ -12,7 +12,7 @@ import torch.utils.checkpoint
 
 from ..config import MambaConfig
 from ..models import MambaLM
-from .optim import make_optimizer, make_scheduler
+from .optim import configure_optimizers
 
 
 def checkpoint_blocks(model: MambaLM) -> None:
@@ -81,7 +81,4 @@ class CausalLMModule(L.LightningModule):
         self._tic = None  # validation time is not training throughput
 
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = make_optimizer(self.model, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        scheduler = make_scheduler(optimizer, hp.warmup_steps, hp.total_steps, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self.model, self.hparams)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,3 +43,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_st
                    min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio))
+
+
+def configure_optimizers(model: nn.Module, hparams: Any) -> dict:
+    """A LightningModule's `configure_optimizers` result: AdamW stepped per step on warmup + cosine.
+
+    `hparams` holds lr, weight_decay, betas, warmup_steps, total_steps and min_lr_ratio.
+    """
+    optimizer = make_optimizer(model, lr=hparams.lr, weight_decay=hparams.weight_decay, betas=tuple(hparams.betas))
+    scheduler = make_scheduler(optimizer, hparams.warmup_steps, hparams.total_steps, hparams.min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...checkpoint import from_pretrained, read_model_dir
+from ...checkpoint import from_pretrained
 from ...fileio import atomic_write
 from ...models import MambaLM
 from ...sysinfo import default_device
 from .fasta import DnaInputError, FastaCollection, Interval, read_bed
+from .model_dir import check_dna_model
 from .tokenizer import N, encode
 
 POOLS = ("mean", "max", "first", "last", "none")
@@ -115,7 +116,7 @@ def embed_dna(model_dir: str | Path, fasta: list[str], out: str | Path, bed: str
     _check_out(out, pool)
     if chunk_len < 1 or batch_size < 1:
         raise DnaInputError(f"--chunk-len and --batch-size must be >= 1 (got {chunk_len} and {batch_size})")
-    soft_mask = read_model_dir(model_dir)["metadata"].get("soft_mask", "base")
+    soft_mask = check_dna_model(model_dir)["metadata"].get("soft_mask", "base")
     collection = FastaCollection(fasta)
     regions = _regions(collection, bed)
     device = device or default_device()

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ...checkpoint import from_pretrained, read_model_dir
+from ...checkpoint import from_pretrained
 from ...sysinfo import default_device
 from .fasta import DnaInputError, FastaCollection, Interval, read_bed
+from .model_dir import check_dna_model
 from .windows import ValidWindows
 
 
@@ -24,7 +25,7 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     Returns {"bits_per_base", "perplexity", "tokens", "windows", "seq_len"}. `max_windows` evaluates
     a fixed random subset; `seq_len` defaults to the length the model was trained at.
     """
-    info = read_model_dir(model_dir)
+    info = check_dna_model(model_dir)
     seq_len = seq_len or int(info["metadata"].get("seq_len", 1024))
     soft_mask = info["metadata"].get("soft_mask", "base")
     collection = FastaCollection(fasta)

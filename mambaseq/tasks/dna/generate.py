@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...checkpoint import from_pretrained, read_model_dir
+from ...checkpoint import from_pretrained
 from ...fileio import atomic_write
 from ...generation import SamplingConfig, generate
 from ...sysinfo import default_device
 from .fasta import DnaInputError, FastaCollection
+from .model_dir import check_dna_model
 from .tokenizer import UNK, A, C, G, T, decode, encode
 
 FASTA_LINE = 80
@@ -51,7 +52,7 @@ def generate_dna(model_dir: str | Path, out: str | Path, length: int = 1000, n: 
     if length < 1 or n < 1:
         raise DnaInputError(f"--length and --n must be >= 1 (got {length} and {n})")
     sampling = sampling or SamplingConfig()
-    info = read_model_dir(model_dir)
+    info = check_dna_model(model_dir)
     soft_mask = info["metadata"].get("soft_mask", "base")
     device = device or default_device()
     prompts = _prompts(prompt, prompt_fasta, soft_mask, torch.Generator().manual_seed(seed))

@@ -90,3 +90,9 @@ def test_eval_reports_bits_per_base_as_json(tmp_path, genome, capsys):
 def test_eval_of_a_missing_model_is_one_line(tmp_path, genome, capsys):
     assert main(["eval", "dna", "--model", str(tmp_path / "none"), "--fasta", str(genome)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_flag_and_set_of_the_same_field_do_not_clash(tmp_path):
+    # --set seq_len=32 names a field a flag also sets: the flag wins, no crash.
+    assert main(["train", "dna", "--out", str(tmp_path / "run"), *FAST, "--set", "seq_len=32"]) == 0
+    assert read_model_dir(tmp_path / "run" / "model")["metadata"]["seq_len"] == 64
