@@ -10,6 +10,7 @@ the file, the record and the line.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
 import os
@@ -159,6 +160,7 @@ class FastaFile:
         except (pyfaidx.FastaIndexingError, OSError, ValueError) as err:
             raise DnaInputError(f"{self.path}: cannot index ({' '.join(str(err).split())})") from None
         self._lengths = {r.name: r.length for r in self.records}
+        self._bgzf_index: tuple[dict, list[tuple[int, int]]] | None = None
 
     def _decompress(self, target: str) -> None:
         with gzip.open(self.path, "rb") as src, open(target, "wb") as dst:
@@ -186,7 +188,46 @@ class FastaFile:
             raise DnaInputError(f"{self.path}: no record named '{name}'")
         if not 0 <= start <= end <= self._lengths[name]:
             raise DnaInputError(f"{self.path}: record '{name}': region {start}-{end} outside 0-{self._lengths[name]}")
-        return self._fasta[name][start:end] if end > start else ""
+        if end == start:
+            return ""
+        try:
+            return self._fasta[name][start:end]
+        except ValueError:
+            if self.compression != "bgzip":
+                raise
+            return self._read_bgzf(name, start, end)
+
+    def _read_bgzf(self, name: str, start: int, end: int) -> str:
+        """Bases [start, end) read through the .fai and .gzi indexes with Bio.bgzf.
+
+        pyfaidx 0.9 seeks one block too early when a fetch starts on the first byte of a BGZF block
+        (its bisect picks the previous block and asks for offset 65536), which fails for about one
+        start position in 65,536. Both index formats are documented (samtools faidx, htslib bgzip).
+        """
+        from Bio import bgzf
+
+        if self._bgzf_index is None:
+            fai = {}
+            for line in Path(self._fasta.faidx.indexname).read_text().splitlines():
+                fields = line.split("\t")
+                fai[fields[0]] = tuple(int(x) for x in fields[1:5])
+            data = Path(self._fasta.faidx.gzi_indexname).read_bytes()
+            count = int.from_bytes(data[:8], "little")
+            pairs = [(0, 0)] + [(int.from_bytes(data[8 + 16 * i:16 + 16 * i], "little"),
+                                 int.from_bytes(data[16 + 16 * i:24 + 16 * i], "little")) for i in range(count)]
+            self._bgzf_index = (fai, pairs)
+        fai, pairs = self._bgzf_index
+        _, offset, line_bases, line_width = fai[name]
+
+        def byte(pos: int) -> int:
+            return offset + pos // line_bases * line_width + pos % line_bases
+
+        first, last = byte(start), byte(end - 1) + 1
+        block = bisect.bisect_right([u for _, u in pairs], first) - 1
+        with bgzf.BgzfReader(str(self._fasta.faidx.filename), "rb") as reader:
+            reader.seek(bgzf.make_virtual_offset(pairs[block][0], first - pairs[block][1]))
+            raw = reader.read(last - first)
+        return raw.decode("ascii").replace("\n", "").replace("\r", "")
 
 
 class FastaCollection:

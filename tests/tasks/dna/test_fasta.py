@@ -149,3 +149,24 @@ def test_edited_file_is_checked_again(tmp_path):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     fasta = FastaCollection([path], cache_dir=tmp_path / "c")
     assert fasta.length("r1") == 12 and fasta.fetch("r1", 8, 12) == "ACAC"
+
+
+def test_bgzip_fetch_starting_on_a_block_boundary(tmp_path):
+    # BgzfWriter cuts a block every 65,536 bytes. r1's text plus r2's header fill the first block
+    # exactly, so r2's first base opens block 2; another block starts inside r2.
+    rng = random.Random(os.urandom(8))
+    header = len(">r1 some description\n")
+    seq1 = "".join(rng.choice("ACGT") for _ in range(1073 * 60 + 40))
+    seq2 = "".join(rng.choice("ACGT") for _ in range(140_000))
+    text1 = header + len(seq1) + -(-len(seq1) // 60)
+    assert text1 + header == 65536
+    path = write_fasta(tmp_path / "x.fa.gz", {"r1": seq1, "r2": seq2},
+                       opener=lambda p, m: bgzf.BgzfWriter(p, m))
+    fasta = FastaCollection([path], cache_dir=tmp_path / "cache")
+    assert fasta.files[0].compression == "bgzip"
+    # Base i of r2 lies at byte 65536 + i // 60 * 61 + i % 60; the block at 131,072 starts at this i:
+    inner = (131072 - 65536) // 61 * 60 + (131072 - 65536) % 61
+    for start in (0, 1, inner - 1, inner, inner + 1):
+        for length in (1, 50, 5000):
+            assert fasta.fetch("r2", start, start + length) == seq2[start:start + length], (start, length)
+    assert fasta.fetch("r1", len(seq1) - 10, len(seq1)) == seq1[-10:]
