@@ -25,12 +25,13 @@ class Recipe:
 
     @classmethod
     def recipe_text(cls, recipe: str | Path) -> str:
-        path = Path(recipe)
-        if not path.suffix:
-            if str(recipe) not in cls.RECIPES:
-                raise cls.input_error(f"unknown recipe {recipe!r}; choose one of {', '.join(cls.RECIPES)} "
-                                      "or a YAML file")
+        if str(recipe) in cls.RECIPES:
             return (resources.files(cls.RECIPE_PACKAGE) / "recipes" / f"{recipe}.yaml").read_text()
+        path = Path(recipe)
+        # Names like "hg38-1.4m" have a suffix too: only YAML files count as paths.
+        if path.suffix not in (".yaml", ".yml"):
+            raise cls.input_error(f"unknown recipe {recipe!r}; choose one of {', '.join(cls.RECIPES)} "
+                                  "or a YAML file")
         if not path.is_file():
             raise cls.input_error(f"{path}: recipe file not found")
         return path.read_text()

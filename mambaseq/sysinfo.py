@@ -17,7 +17,8 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is often just "x86_64" on Linux)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -30,7 +31,7 @@ def _cpu_name() -> str:
 
 def system_report() -> dict[str, Any]:
     """The facts `mambaseq info` prints, as a dict (JSON-ready)."""
-    devices = [{"name": "cpu", "type": "cpu", "description": _cpu_name(),
+    devices = [{"name": "cpu", "type": "cpu", "description": cpu_name(),
                 "threads": torch.get_num_threads()}]
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)

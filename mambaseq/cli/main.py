@@ -448,10 +448,28 @@ def score_dna_command(
                    f"{result['bits_per_base']:.4f} bits/base -> {out}")
 
 
+MULTI_VALUE = ("--fasta", "--species")
+
+
+def expand_multi_value(args: list[str]) -> list[str]:
+    """`--fasta a.fa b.fa` -> `--fasta a.fa --fasta b.fa` (click takes one value per flag).
+
+    No command has positional arguments, so a bare word after one of these flags is another value.
+    """
+    expanded, current = [], None
+    for arg in args:
+        if arg.startswith("-"):
+            current = arg if arg in MULTI_VALUE else None
+        elif current is not None and expanded[-1] != current:
+            expanded.append(current)
+        expanded.append(arg)
+    return expanded
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors and UserError print one line on stderr and exit with code 2."""
     command = typer.main.get_command(app)
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = expand_multi_value(sys.argv[1:] if argv is None else list(argv))
     try:
         command.main(args=args or ["--help"], prog_name="mambaseq", standalone_mode=False)
     except typer.Exit as done:

@@ -139,3 +139,17 @@ def test_subprocess_bad_kernel_env():
     done = _subprocess("info", env={ENV_VAR: "bogus"})
     assert done.returncode == 2
     assert "MAMBASEQ_KERNELS" in _one_error_line(done.stderr)
+
+
+@pytest.mark.parametrize("args,want", [
+    (["train", "dna", "--fasta", "a.fa", "b.fa", "--out", "x"], ["train", "dna", "--fasta", "a.fa", "--fasta", "b.fa",
+                                                                 "--out", "x"]),
+    (["classify", "train", "--species", "a=x.fa", "b=y.fa,z.fa"],
+     ["classify", "train", "--species", "a=x.fa", "--species", "b=y.fa,z.fa"]),
+    (["eval", "dna", "--fasta", "a.fa", "--fasta", "b.fa"], ["eval", "dna", "--fasta", "a.fa", "--fasta", "b.fa"]),
+    (["eval", "dna", "--model", "m", "--fasta", "a.fa"], ["eval", "dna", "--model", "m", "--fasta", "a.fa"]),
+])
+def test_several_values_after_one_flag(args, want):
+    from mambaseq.cli.main import expand_multi_value
+
+    assert expand_multi_value(args) == want

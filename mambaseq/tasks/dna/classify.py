@@ -130,10 +130,11 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
     if accuracy is None or trainer.global_step % max(1, cfg.val_every):
         trainer.validate(module, DataLoader(valid, batch_size=eval_batch), verbose=False)
         accuracy = trainer.callback_metrics["val/acc"]
-    model = module.model.eval()
+    # Lightning hands the module back on the CPU after fit: the test pass goes back to the accelerator.
+    device = torch.device(trainer.strategy.root_device)
+    model = module.model.to(device).eval()
     test_windows = genomes.fixed_windows("test", cfg.seq_len, cfg.eval_windows, cfg.seed + 1, cfg.max_n_frac,
                                          cfg.soft_mask)
-    device = next(model.parameters()).device
     report = _report(model, WindowSet(genomes, test_windows, cfg.soft_mask), genomes.names, eval_batch, device)
     write_report(report, run_dir / "test")
     metadata = {"task": "dna-classify", "classes": genomes.names, "soft_mask": cfg.soft_mask,

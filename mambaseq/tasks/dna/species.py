@@ -4,7 +4,7 @@ Sampling follows the seed paper's Great Apes task: a species uniformly at random
 that species (weighted by how many windows it holds, i.e. a uniform position), then a window that
 lies wholly inside the region, so no window crosses a record end and none is padded with N (the
 amount of padding would tell the species apart). Validation and test windows are a fixed,
-seeded set with the same number per species.
+seeded set with the same number per species (fewer only where a species lacks N-free windows).
 """
 
 from __future__ import annotations
@@ -172,26 +172,33 @@ class SpeciesGenomes:
                       soft_mask: str = "base") -> list[Window]:
         """`per_species` windows of each species in `split`, the same for the same arguments.
 
-        Non-overlapping tiles chosen at random when a species has enough of them; otherwise evenly
-        spaced windows that overlap (a short held-out region still gives `per_species` windows).
-        Windows with more than `max_n_frac` N are dropped.
+        Non-overlapping tiles in a seeded random order when a species has enough of them; otherwise
+        evenly spaced windows that overlap (a short held-out region still gives `per_species`).
+        Windows with more than `max_n_frac` N are replaced by the next candidates; a species runs
+        short only when it has too few N-free windows.
         """
         windows = []
         for label, parts in enumerate(self.regions):
             regions = [r for r in parts[split] if r.length >= length]
             tiles = [(r.name, s) for r in regions for s in range(r.start, r.end - length + 1, length)]
             if len(tiles) >= per_species:
-                keep = np.random.default_rng([seed, label]).choice(len(tiles), size=per_species, replace=False)
-                starts = [tiles[i] for i in sorted(keep)]
+                order = np.random.default_rng([seed, label]).permutation(len(tiles))
+                candidates = [tiles[i] for i in order]
             else:
-                starts = _spread(regions, length, per_species)
-            for name, start in starts:
+                candidates = _spread(regions, length, per_species)
+                # A denser spread stands in for windows lost to N, still evenly spaced.
+                candidates += [c for c in _spread(regions, length, 4 * per_species) if c not in candidates]
+            chosen = []
+            for name, start in candidates:
                 ids = self.fetch_ids(label, name, start, start + length, soft_mask)
                 if (ids == N).mean() <= max_n_frac:
-                    windows.append(Window(label, name, start, start + length))
-            if not any(w.label == label for w in windows):
+                    chosen.append(Window(label, name, start, start + length))
+                    if len(chosen) == per_species:
+                        break
+            if not chosen:
                 raise DnaInputError(f"species {self.names[label]}: every {split} window has more than "
                                     f"{max_n_frac:.0%} N")
+            windows += sorted(chosen, key=lambda w: (w.name, w.start))
         return windows
 
 

@@ -202,3 +202,27 @@ def test_commands_refuse_a_model_of_the_other_task(tmp_path, trained, two_specie
     assert main(["embed", "dna", "--model", str(trained.model_dir), "--fasta", fasta, "--out",
                  str(tmp_path / "e.npy")]) == 2
     assert "not a DNA language model (task 'dna-classify'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ClassifyConfig.RECIPES)
+def test_every_bundled_recipe_loads_by_name(name):
+    assert ClassifyConfig.from_recipe(name).model_config().vocab_size == 12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_test_pass_runs_on_the_gpu(tmp_path, two_species, monkeypatch):
+    # Lightning hands the module back on the CPU after fit; the test windows must not be run there.
+    import mambaseq.tasks.dna.classify as classify
+
+    seen = []
+    original = classify._report
+
+    def spy(model, *args, **kwargs):
+        seen.append(next(model.parameters()).device.type)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(classify, "_report", spy)
+    train_classifier(ClassifyConfig.from_recipe("classify-tiny-cpu", species=two_species, out=str(tmp_path / "r"),
+                                                **FAST))
+    assert seen == ["cuda"]

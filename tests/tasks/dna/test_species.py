@@ -151,13 +151,16 @@ def test_fixed_windows_overlap_when_the_split_is_short(three_species):
     assert len({(w.label, w.start) for w in windows}) == 12
 
 
-def test_windows_with_too_many_n_are_dropped(tmp_path):
-    _write(tmp_path / "a.fa", {"a1": "N" * 500 + "ACGT" * 125})
-    _write(tmp_path / "b.fa", {"b1": "ACGT" * 250})
+@pytest.mark.parametrize("length,per_species", [(100, 5), (400, 6)])  # enough tiles / overlapping spread
+def test_windows_with_too_many_n_are_replaced(tmp_path, length, per_species):
+    rng = np.random.default_rng()
+    _write(tmp_path / "a.fa", {"a1": "N" * 500 + "".join(rng.choice(list("ACGT"), 1000))})
+    _write(tmp_path / "b.fa", {"b1": "".join(rng.choice(list("ACGT"), 1500))})
     genomes = SpeciesGenomes(parse_species([f"a={tmp_path / 'a.fa'}", f"b={tmp_path / 'b.fa'}"]), "all")
-    windows = genomes.fixed_windows("test", 100, per_species=10, max_n_frac=0.1)
-    assert all(w.start >= 500 for w in windows if w.label == 0)
-    assert all((decode(genomes.fetch_ids(0, "a1", w.start, w.end)).count("N") == 0) for w in windows if w.label == 0)
+    windows = genomes.fixed_windows("test", length, per_species=per_species, max_n_frac=0.1)
+    assert np.bincount([w.label for w in windows]).tolist() == [per_species, per_species]
+    for w in windows:
+        assert (decode(genomes.fetch_ids(w.label, w.name, w.start, w.end)).count("N") <= 0.1 * length)
 
 
 def test_batches_are_a_function_of_the_step_with_constant_tokens(three_species):

@@ -96,3 +96,16 @@ def test_a_flag_and_set_of_the_same_field_do_not_clash(tmp_path):
     # --set seq_len=32 names a field a flag also sets: the flag wins, no crash.
     assert main(["train", "dna", "--out", str(tmp_path / "run"), *FAST, "--set", "seq_len=32"]) == 0
     assert read_model_dir(tmp_path / "run" / "model")["metadata"]["seq_len"] == 64
+
+
+@pytest.mark.parametrize("name", DnaTrainConfig.RECIPES)
+def test_every_bundled_recipe_loads_by_name(name):
+    # Names such as hg38-1.4m carry a dot: they must not be taken for file paths.
+    assert DnaTrainConfig.from_recipe(name).model_config().vocab_size == 12
+
+
+def test_a_yaml_recipe_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("seq_len: 128\nlr: 1.0e-3\n")
+    cfg = DnaTrainConfig.from_recipe(str(path), lr=2e-3)
+    assert (cfg.seq_len, cfg.lr) == (128, 2e-3)
