@@ -130,3 +130,15 @@ def test_row_without_counted_positions_pools_to_zeros(how):
     out = pool(hidden, how, mask)
     assert torch.equal(out[1], torch.zeros(4))
     assert torch.equal(out[0], pool(hidden[:1], how)[0])
+
+
+def test_head_pools_and_projects_in_fp32_under_autocast():
+    from mambaseq.models import ClassificationHead
+
+    head = ClassificationHead(8, 3)
+    hidden = torch.randn(2, 50, 8).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(hidden)
+    want = hidden.float().mean(1) @ head.proj.weight.T + head.proj.bias
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, want)
