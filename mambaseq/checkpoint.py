@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,34 @@ def from_pretrained(directory: str | Path, device: torch.device | str | None = N
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+def describe_model_dir(directory: str | Path) -> dict[str, Any]:
+    """What a model folder holds, read from config.json and the safetensors header only.
+
+    Builds no model and loads no tensor, so a folder from an untrusted source can be inspected
+    safely (safetensors has no code path; config.json is plain JSON).
+    """
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    document = read_model_dir(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME}")
+    tensors: dict[str, list[int]] = {}
+    dtypes: set[str] = set()
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():
+                view = handle.get_slice(key)
+                tensors[key] = list(view.get_shape())
+                dtypes.add(str(view.get_dtype()))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({err})") from None
+    parameters = sum(math.prod(shape) for shape in tensors.values())
+    return {"path": str(directory), "format_version": document["format_version"],
+            "mambaseq_version": document.get("mambaseq_version"), "architecture": document["architecture"],
+            "model": document["model"], "head": document.get("head"), "metadata": document["metadata"],
+            "tensors": len(tensors), "parameters": parameters, "dtypes": sorted(dtypes),
+            "weights_bytes": weights.stat().st_size}

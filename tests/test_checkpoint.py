@@ -332,3 +332,32 @@ def test_bad_classifier_config_is_a_checkpoint_error(tmp_path, edit, message):
     (tmp_path / CONFIG_NAME).write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match=message):
         from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_describe_counts_parameters_without_building_a_model(tmp_path, monkeypatch, tied):
+    from mambaseq import checkpoint
+    from mambaseq.checkpoint import describe_model_dir
+
+    model = _model(tie_embeddings=tied)
+    save_pretrained(model, tmp_path, metadata={"task": "dna-lm", "seq_len": 64})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("describe must not build a model")
+
+    monkeypatch.setattr(checkpoint, "build_model", refuse)
+    monkeypatch.setattr(checkpoint.MambaLM, "__init__", refuse)
+    report = describe_model_dir(tmp_path)
+    assert report["parameters"] == model.num_parameters()
+    assert report["architecture"] == "MambaLM" and report["metadata"]["seq_len"] == 64
+    assert report["dtypes"] == ["F32"] and report["model"]["d_model"] == model.config.d_model
+
+
+def test_cli_info_model_json(tmp_path, capsys):
+    from mambaseq.cli.main import main
+
+    save_pretrained(_classifier(), tmp_path, metadata={"task": "dna-classify", "classes": ["a", "b", "c"]})
+    assert main(["info", "--model", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["head"]["num_classes"] == 3 and report["metadata"]["classes"] == ["a", "b", "c"]
+    assert main(["info", "--model", str(tmp_path / "missing")]) == 2

@@ -62,13 +62,22 @@ def root(
 
 
 @app.command()
-def info(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
-    """Versions, devices, and which backend each kernel op uses on each device.
+def info(
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    model: str = typer.Option(None, "--model", help="Describe this model folder instead (reads config.json and "
+                              "the safetensors header only; runs no code from it)."),
+) -> None:
+    """Versions, devices, and which backend each kernel op uses on each device; or what a model folder holds.
 
     Example: MAMBASEQ_KERNELS=reference mambaseq info --json
+    Example: mambaseq info --model runs/dna/model
     """
     from ..kernels import KernelBackendError
     from ..sysinfo import system_report
+
+    if model is not None:
+        _describe_model(model, as_json)
+        return
 
     try:
         report = system_report()
@@ -92,6 +101,35 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print the report as
     for op in next(iter(report["kernels"].values())):
         table.add_row(op, *(row[op] for row in report["kernels"].values()))
     console.print(table)
+
+
+def _describe_model(directory: str, as_json: bool) -> None:
+    from ..checkpoint import CheckpointError, describe_model_dir
+
+    try:
+        report = describe_model_dir(directory)
+    except CheckpointError as err:
+        raise UserError(" ".join(str(err).split())) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    config, metadata = report["model"], report["metadata"]
+    rows = {"folder": report["path"], "architecture": report["architecture"],
+            "task": metadata.get("task", "(not recorded)"),
+            "size": f"{config['n_layer']} blocks x d_model {config['d_model']}, d_state {config['d_state']}, "
+                    f"vocab {config['vocab_size']}",
+            "parameters": f"{report['parameters']:,} in {report['tensors']} tensors ({', '.join(report['dtypes'])})",
+            "written by": f"mambaseq {report['mambaseq_version']} (format {report['format_version']})"}
+    if report["head"]:
+        rows["head"] = f"{report['head']['num_classes']} classes, {report['head']['pooling']} pooling"
+    for key in ("classes", "seq_len", "steps", "valid_bits_per_base", "valid_accuracy", "test_accuracy"):
+        if key in metadata:
+            value = metadata[key]
+            rows[key] = ", ".join(value) if isinstance(value, list) else f"{value:.4f}" \
+                if isinstance(value, float) else str(value)
+    for key, value in rows.items():
+        console.print(f"[bold]{key:>20}[/]  {value}")
 
 
 train_app = _group("train", "Train a model.")
