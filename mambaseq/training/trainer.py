@@ -34,6 +34,7 @@ class TrainRecipe(Recipe):
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     checkpoint_activations: bool = False  # recompute each block in backward (long contexts)
+    num_workers: int = 0  # data-loader processes making training batches (the same batches for any number)
     val_every: int = 100
     checkpoint_every: int = 100
     keep_checkpoints: int = 2

@@ -124,7 +124,7 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
     (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
     trainer = cfg.trainer(run_dir)
     ckpt_path = resume_path(run_dir, cfg.resume, DnaInputError)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None),
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, num_workers=cfg.num_workers),
                 val_dataloaders=DataLoader(valid, batch_size=eval_batch), ckpt_path=ckpt_path)
     accuracy = trainer.callback_metrics.get("val/acc")
     if accuracy is None or trainer.global_step % max(1, cfg.val_every):

@@ -152,15 +152,21 @@ class FastaFile:
         self.records = [Record(self.path, name, length) for name, length in self._check_and_remember(self._stamp)]
         if self.compression == "gzip" and not readable.exists():
             atomic_write(readable, self._decompress)
+        self._open_args = (str(readable), str(index_dir / f"{stem}.fai"),
+                           str(index_dir / f"{stem}.gzi") if self.compression == "bgzip" else None)
         try:
-            self._fasta = pyfaidx.Fasta(
-                str(readable), indexname=str(index_dir / f"{stem}.fai"),
-                gzi_indexname=str(index_dir / f"{stem}.gzi") if self.compression == "bgzip" else None,
-                sequence_always_upper=False, as_raw=True, rebuild=True)
+            self.reopen()
         except (pyfaidx.FastaIndexingError, OSError, ValueError) as err:
             raise DnaInputError(f"{self.path}: cannot index ({' '.join(str(err).split())})") from None
         self._lengths = {r.name: r.length for r in self.records}
         self._bgzf_index: tuple[dict, list[tuple[int, int]]] | None = None
+
+    def reopen(self) -> None:
+        """Open the file afresh. A forked data-loader worker must: a file handle inherited across
+        fork shares its read position with the parent, so concurrent reads would interleave."""
+        readable, index, gzi = self._open_args
+        self._fasta = pyfaidx.Fasta(readable, indexname=index, gzi_indexname=gzi, sequence_always_upper=False,
+                                    as_raw=True, rebuild=True)
 
     def _decompress(self, target: str) -> None:
         with gzip.open(self.path, "rb") as src, open(target, "wb") as dst:
@@ -259,6 +265,11 @@ class FastaCollection:
 
     def fetch(self, name: str, start: int, end: int) -> str:
         return self._file(name).fetch(name, start, end)
+
+    def reopen(self) -> None:
+        """Open every file afresh (in a forked data-loader worker; see `FastaFile.reopen`)."""
+        for fasta in self.files:
+            fasta.reopen()
 
     def _file(self, name: str) -> FastaFile:
         if name not in self._by_name:

@@ -10,14 +10,15 @@ seeded set with the same number per species (fewer only where a species lacks N-
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 
+from ...training.data import StepStream
 from .fasta import DnaInputError, FastaCollection, Interval
 from .tokenizer import N, encode, reverse_complement
 
@@ -228,7 +229,7 @@ def _spread(regions: list[Interval], length: int, count: int) -> list[tuple[str,
     return [unique[i] for i in np.linspace(0, len(unique) - 1, count).round().astype(int)]
 
 
-class ClassifyBatches(IterableDataset):
+class ClassifyBatches(StepStream):
     """Infinite stream of (ids (batch, L), labels (batch,)); step s depends only on (seed, s).
 
     `schedule(step)` gives L (sequence-length warmup); batch = tokens_per_step // L.
@@ -237,9 +238,9 @@ class ClassifyBatches(IterableDataset):
     def __init__(self, genomes: SpeciesGenomes, schedule: Callable[[int], int], tokens_per_step: int, seed: int,
                  max_n_frac: float = 0.1, rc_augment: bool = True, soft_mask: str = "base",
                  first_step: Callable[[], int] = lambda: 0) -> None:
+        super().__init__(first_step)
         self.genomes, self.schedule, self.tokens_per_step, self.seed = genomes, schedule, tokens_per_step, seed
         self.max_n_frac, self.rc_augment, self.soft_mask = max_n_frac, rc_augment, soft_mask
-        self.first_step = first_step
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         length = self.schedule(step)
@@ -248,11 +249,9 @@ class ClassifyBatches(IterableDataset):
                  for _ in range(max(1, self.tokens_per_step // length))]
         return torch.from_numpy(np.stack([ids for ids, _ in drawn])), torch.tensor([label for _, label in drawn])
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        step = self.first_step()
-        while True:
-            yield self.batch(step)
-            step += 1
+    def reopen(self) -> None:
+        for fasta in self.genomes.collections:
+            fasta.reopen()
 
 
 class WindowSet(Dataset):

@@ -91,7 +91,7 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
     (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
     trainer = cfg.trainer(run_dir)
     ckpt_path = resume_path(run_dir, cfg.resume, DnaInputError)
-    trainer.fit(module, train_dataloaders=DataLoader(train_batches, batch_size=None),
+    trainer.fit(module, train_dataloaders=DataLoader(train_batches, batch_size=None, num_workers=cfg.num_workers),
                 val_dataloaders=DataLoader(valid, batch_size=max(1, cfg.batch_size)), ckpt_path=ckpt_path)
     bits = trainer.callback_metrics.get("val/bits_per_base")
     if bits is None or trainer.global_step % max(1, cfg.val_every):

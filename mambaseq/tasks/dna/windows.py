@@ -6,13 +6,14 @@ draws exactly the batches it would have drawn anyway.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset
 
+from ...training.data import StepStream
 from .fasta import DnaInputError, FastaCollection, Interval
 from .tokenizer import N, encode, reverse_complement
 
@@ -106,7 +107,7 @@ def length_schedule(seq_len: int, warmup_start: int | None, stage_steps: int) ->
     return lambda step: stages[step // stage_steps] if step // stage_steps < len(stages) else seq_len
 
 
-class TrainBatches(IterableDataset):
+class TrainBatches(StepStream):
     """Infinite stream of LM batches (batch, L + 1); the batch of step s depends only on (seed, s).
 
     Tokens per step stay constant through the length warmup: batch = tokens_per_step // L.
@@ -114,8 +115,8 @@ class TrainBatches(IterableDataset):
 
     def __init__(self, sampler: WindowSampler, schedule: Callable[[int], int], tokens_per_step: int, seed: int,
                  first_step: Callable[[], int] = lambda: 0) -> None:
-        self.sampler, self.schedule, self.tokens_per_step = sampler, schedule, tokens_per_step
-        self.seed, self.first_step = seed, first_step
+        super().__init__(first_step)
+        self.sampler, self.schedule, self.tokens_per_step, self.seed = sampler, schedule, tokens_per_step, seed
 
     def batch(self, step: int) -> torch.Tensor:
         length = self.schedule(step)
@@ -123,11 +124,8 @@ class TrainBatches(IterableDataset):
         size = max(1, self.tokens_per_step // length)
         return torch.from_numpy(np.stack([self.sampler.sample(rng, length + 1) for _ in range(size)]))
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        step = self.first_step()
-        while True:
-            yield self.batch(step)
-            step += 1
+    def reopen(self) -> None:
+        self.sampler.fasta.reopen()
 
 
 class ValidWindows(Dataset):

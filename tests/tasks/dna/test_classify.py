@@ -226,3 +226,14 @@ def test_test_pass_runs_on_the_gpu(tmp_path, two_species, monkeypatch):
     train_classifier(ClassifyConfig.from_recipe("classify-tiny-cpu", species=two_species, out=str(tmp_path / "r"),
                                                 **FAST))
     assert seen == ["cuda"]
+
+
+def test_loader_workers_do_not_change_the_trained_weights(tmp_path, two_species):
+    from safetensors.torch import load_file
+
+    for workers in (0, 2):
+        train_classifier(ClassifyConfig.from_recipe("classify-tiny-cpu", species=two_species, num_workers=workers,
+                                                    out=str(tmp_path / f"w{workers}"), **FAST))
+    a = load_file(tmp_path / "w0" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "w2" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

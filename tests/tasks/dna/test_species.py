@@ -184,3 +184,18 @@ def test_record_split_with_shared_chromosome_names(tmp_path):
     for parts in genomes.regions:
         assert [(r.name, r.start, r.end) for r in parts["train"]] == [("chr1", 0, 300)]
         assert [r.name for r in parts["valid"]] == ["chr2"] and [r.name for r in parts["test"]] == ["chr3"]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_loader_workers_give_the_same_batches_in_order(three_species, workers):
+    from torch.utils.data import DataLoader
+
+    species, _ = three_species
+    genomes = SpeciesGenomes(species, "region", valid_fraction=0.1, test_fraction=0.1)
+    batches = ClassifyBatches(genomes, length_schedule(64, None, 1), tokens_per_step=256, seed=3,
+                              first_step=lambda: 5)
+    loader = iter(DataLoader(batches, batch_size=None, num_workers=workers))
+    for step in range(5, 12):
+        ids, labels = next(loader)
+        want_ids, want_labels = batches.batch(step)
+        assert (ids == want_ids).all() and (labels == want_labels).all(), step

@@ -73,3 +73,21 @@ def test_validation_windows_are_fixed(fasta):
     first = ValidWindows(fasta, regions.valid, 64, max_windows=5, seed=1)
     second = ValidWindows(fasta, regions.valid, 64, max_windows=5, seed=1)
     assert len(first) == 5 and all(np.array_equal(a, b) for a, b in zip(first.windows, second.windows, strict=True))
+
+
+def test_train_batches_with_loader_workers_match_steps(tmp_path):
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from mambaseq.tasks.dna.fasta import FastaCollection
+    from mambaseq.tasks.dna.windows import TrainBatches, WindowSampler, length_schedule, split_regions
+
+    rng = np.random.default_rng()
+    path = tmp_path / "g.fa"
+    path.write_text("".join(f">r{i}\n{''.join(rng.choice(list('ACGT'), 2000))}\n" for i in range(3)))
+    fasta = FastaCollection([path])
+    sampler = WindowSampler(fasta, split_regions(fasta).train)
+    batches = TrainBatches(sampler, length_schedule(32, None, 1), tokens_per_step=128, seed=1)
+    loader = iter(DataLoader(batches, batch_size=None, num_workers=2))
+    for step in range(6):
+        assert (next(loader) == batches.batch(step)).all(), step
