@@ -164,11 +164,11 @@ def run_baseline(cfg: ClassifyConfig, train_bases: int) -> dict[str, Any]:
     L = cfg.seq_len
     species = cfg.load_species()
     # Exactly as train_classifier builds them: the same regions, and the same fixed windows
-    # (validation: seed; test: seed + 1).
+    # (SpeciesGenomes.fixed_windows gives valid and test their own windows of one seed).
     genomes = SpeciesGenomes(species, **cfg.split_kwargs())
     genomes.check_length(L)
     valid = genomes.fixed_windows("valid", L, cfg.eval_windows, cfg.seed, cfg.max_n_frac, cfg.soft_mask)
-    test = genomes.fixed_windows("test", L, cfg.eval_windows, cfg.seed + 1, cfg.max_n_frac, cfg.soft_mask)
+    test = genomes.fixed_windows("test", L, cfg.eval_windows, cfg.seed, cfg.max_n_frac, cfg.soft_mask)
     # A stream of its own (not one of the training steps' [seed, step] streams used by train_classifier).
     rng = np.random.default_rng([cfg.seed, 12345])
     n_train = min(4000, max(200, train_bases // L))

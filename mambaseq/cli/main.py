@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
@@ -38,6 +40,30 @@ def _group(name: str, help_text: str) -> typer.Typer:
     group = typer.Typer(help=help_text, no_args_is_help=True, add_completion=False)
     app.add_typer(group, name=name)
     return group
+
+
+@contextmanager
+def _one_line_errors(*extra: type[Exception]) -> Iterator[None]:
+    """Bad input (DnaInputError, CheckpointError, or the `extra` types) becomes a one-line UserError."""
+    from ..checkpoint import CheckpointError
+    from ..tasks.dna.fasta import DnaInputError
+
+    try:
+        yield
+    except (DnaInputError, CheckpointError, *extra) as err:
+        raise UserError(" ".join(str(err).split())) from None
+
+
+@contextmanager
+def _progress(label: str, unit: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar on stderr; yields `advance(n)`."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    count = "{task.completed:,}/{task.total:,}" if total else "{task.completed:,}"
+    with Progress(TextColumn(label), BarColumn(), TextColumn(f"{count} {unit}"), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
 
 
 def _model_option() -> Any:
@@ -104,12 +130,10 @@ def info(
 
 
 def _describe_model(directory: str, as_json: bool) -> None:
-    from ..checkpoint import CheckpointError, describe_model_dir
+    from ..checkpoint import describe_model_dir
 
-    try:
+    with _one_line_errors():
         report = describe_model_dir(directory)
-    except CheckpointError as err:
-        raise UserError(" ".join(str(err).split())) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -188,18 +212,15 @@ def train_dna_command(
     With no arguments: the tiny recipe on the bundled yeast genome (a few minutes on a laptop CPU).
     Example: mambaseq train dna --fasta genome.fa.gz --bed regions.bed --out runs/my-genome
     """
-    from ..tasks.dna.fasta import DnaInputError
     from ..tasks.dna.train import DnaTrainConfig, train_dna
 
     _quiet_lightning()
     overrides = _overrides(set_, fasta=fasta or None, bed=bed, out=out, seq_len=seq_len, batch_size=batch_size,
                            max_steps=max_steps, lr=lr, model=model, seed=seed, resume=resume or None)
-    try:
+    with _one_line_errors(TypeError, ValueError):
         cfg = DnaTrainConfig.from_recipe(recipe, **overrides)
         console = Console(stderr=True)
         result = train_dna(cfg, log=lambda line: console.print(f"[bold]mambaseq train dna[/]: {line}"))
-    except (DnaInputError, TypeError, ValueError) as err:
-        raise UserError(" ".join(str(err).split())) from None
     typer.echo(f"validation bits/base: {result.valid_bits_per_base:.4f} after {result.steps} steps")
     typer.echo(f"model saved to: {result.model_dir}")
 
@@ -221,14 +242,10 @@ def eval_dna_command(
 
     Example: mambaseq eval dna --model runs/dna/model --fasta test.fa.gz --seq-len 4096 --json
     """
-    from ..checkpoint import CheckpointError
     from ..tasks.dna.evaluate import evaluate_dna
-    from ..tasks.dna.fasta import DnaInputError
 
-    try:
+    with _one_line_errors():
         result = evaluate_dna(model, fasta, bed, seq_len, max_windows, batch_size)
-    except (DnaInputError, CheckpointError) as err:
-        raise UserError(" ".join(str(err).split())) from None
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -256,22 +273,15 @@ def generate_dna_command(
 
     Example: mambaseq generate dna --model runs/dna/model --prompt ACGTTGCA --length 5000 --n 4 --out gen.fa
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..checkpoint import CheckpointError
     from ..generation import SamplingConfig
-    from ..tasks.dna.fasta import DnaInputError
     from ..tasks.dna.generate import generate_dna
 
-    try:
+    with _one_line_errors(ValueError):
         sampling = SamplingConfig(temperature, top_k, top_p)
-        with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total} bases"),
-                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("generate", total=length)
+        with _progress("generating", "bases", total=length) as advance:
             records = generate_dna(model, out, length, n, prompt, prompt_fasta, sampling, seed,
-                                   on_step=lambda i: progress.update(task, completed=i + 1))
-    except (DnaInputError, CheckpointError, ValueError) as err:
-        raise UserError(" ".join(str(err).split())) from None
+                                   on_step=lambda i: advance(1))
     typer.echo(f"wrote {len(records)} sequences of {length} bases to {out}")
 
 
@@ -292,20 +302,12 @@ def embed_dna_command(
 
     Example: mambaseq embed dna --model runs/dna/model --fasta genome.fa.gz --bed genes.bed --out genes.parquet
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..checkpoint import CheckpointError
     from ..tasks.dna.embed import embed_dna
-    from ..tasks.dna.fasta import DnaInputError
 
-    try:
-        with Progress(TextColumn("embedding"), BarColumn(), TextColumn("{task.completed:,} bases"),
-                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("embed", total=None)
-            result = embed_dna(model, fasta, out, bed, pool, chunk_len, batch_size,
-                               on_bases=lambda k: progress.advance(task, k))
-    except (DnaInputError, CheckpointError) as err:
-        raise UserError(" ".join(str(err).split())) from None
+    with _one_line_errors():
+        with _progress("embedding", "bases") as advance:
+            result = embed_dna(model, fasta, out, bed, pool, chunk_len, batch_size, on_bases=advance)
     typer.echo(f"wrote {result['rows']} embeddings ({result['pool']}, dim {result['dim']}, "
                f"{result['bases']:,} bases) to {out}")
 
@@ -337,20 +339,16 @@ def classify_train_command(
     With no arguments: a tiny model on the three bundled yeasts (a few minutes on a laptop CPU).
     Example: mambaseq classify train --species dmel=dmel.fa.gz --species dsim=dsim.fa.gz --seq-len 16384 --out runs/fly
     """
-    from ..checkpoint import CheckpointError
     from ..tasks.dna.classify import ClassifyConfig, train_classifier
-    from ..tasks.dna.fasta import DnaInputError
 
     _quiet_lightning()
     overrides = _overrides(set_, species=species or None, manifest=manifest, init_from=init_from, out=out,
                            seq_len=seq_len, pooling=pooling, batch_size=batch_size, max_steps=max_steps, lr=lr,
                            model=model, seed=seed, resume=resume or None)
-    try:
+    with _one_line_errors(TypeError, ValueError):
         cfg = ClassifyConfig.from_recipe(recipe, **overrides)
         console = Console(stderr=True)
         result = train_classifier(cfg, log=lambda line: console.print(f"[bold]mambaseq classify train[/]: {line}"))
-    except (DnaInputError, CheckpointError, TypeError, ValueError) as err:
-        raise UserError(" ".join(str(err).split())) from None
     typer.echo(f"validation accuracy: {result.valid_accuracy:.4f}; test accuracy: {result.test['accuracy']:.4f} "
                f"({result.test['windows']} windows) after {result.steps} steps")
     typer.echo(f"test report: {result.run_dir / 'test'}")
@@ -376,14 +374,10 @@ def classify_eval_command(
 
     Example: mambaseq classify eval --model runs/fly/model --rc --out runs/fly/eval
     """
-    from ..checkpoint import CheckpointError
     from ..tasks.dna.classify import evaluate_classifier
-    from ..tasks.dna.fasta import DnaInputError
 
-    try:
+    with _one_line_errors():
         report = evaluate_classifier(model, species or None, manifest, split, seq_len, windows, rc, batch_size, out)
-    except (DnaInputError, CheckpointError) as err:
-        raise UserError(" ".join(str(err).split())) from None
     if as_json:
         typer.echo(json.dumps(report))
         return
@@ -414,20 +408,12 @@ def classify_predict_command(
 
     Example: mambaseq classify predict --model runs/fly/model --fasta contigs.fa --per interval --rc --out pred.tsv
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..checkpoint import CheckpointError
     from ..tasks.dna.classify import predict_species
-    from ..tasks.dna.fasta import DnaInputError
 
-    try:
-        with Progress(TextColumn("classifying"), BarColumn(), TextColumn("{task.completed:,} windows"),
-                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("predict", total=None)
-            result = predict_species(model, fasta, out, bed, window, stride, per, rc, batch_size,
-                                     on_window=lambda k: progress.advance(task, k))
-    except (DnaInputError, CheckpointError) as err:
-        raise UserError(" ".join(str(err).split())) from None
+    with _one_line_errors():
+        with _progress("classifying", "windows") as advance:
+            result = predict_species(model, fasta, out, bed, window, stride, per, rc, batch_size, on_window=advance)
     typer.echo(f"wrote {result['rows']} predictions ({result['per']}s, {result['windows']} windows of up to "
                f"{result['window']:,} bases) to {out}")
 
@@ -455,27 +441,17 @@ def score_dna_command(
     """
     import math
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..checkpoint import CheckpointError
-    from ..tasks.dna.fasta import DnaInputError
     from ..tasks.dna.score import score_dna, score_variants
 
     if variants and bed:
         raise UserError("--bed and --variants cannot be combined: variants are scored in windows around them")
     unit = "variants" if variants else "bases"
-    try:
-        with Progress(TextColumn("scoring"), BarColumn(), TextColumn(f"{{task.completed:,}} {unit}"),
-                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("score", total=None)
+    with _one_line_errors():
+        with _progress("scoring", unit) as advance:
             if variants:
-                result = score_variants(model, fasta, variants, out, window, batch_size or 16,
-                                        on_variant=lambda k: progress.advance(task, k))
+                result = score_variants(model, fasta, variants, out, window, batch_size or 16, on_variant=advance)
             else:
-                result = score_dna(model, fasta, out, bed, chunk_len, batch_size or 8,
-                                   on_bases=lambda k: progress.advance(task, k))
-    except (DnaInputError, CheckpointError) as err:
-        raise UserError(" ".join(str(err).split())) from None
+                result = score_dna(model, fasta, out, bed, chunk_len, batch_size or 8, on_bases=advance)
     if as_json:
         # NaN (nothing scored) is not JSON: write null.
         typer.echo(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
 
-class StepStream(IterableDataset):
+class StepStream(IterableDataset, ABC):
     """An endless stream of `batch(step)` from `first_step()` on.
 
     With DataLoader workers, worker k of n makes steps first + k, first + k + n, ...; the loader
@@ -19,8 +20,9 @@ class StepStream(IterableDataset):
     def __init__(self, first_step: Callable[[], int] = lambda: 0) -> None:
         self.first_step = first_step
 
+    @abstractmethod
     def batch(self, step: int) -> Any:
-        raise NotImplementedError
+        """The batch of training step `step`."""
 
     def reopen(self) -> None:
         """Reopen files inherited from the parent process; nothing by default."""

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from ..config import MambaConfig
-from ..models import MambaLM
+from ..models import MambaClassifier, MambaLM
 from .optim import configure_optimizers
 
 
-def checkpoint_blocks(model: MambaLM) -> None:
+def checkpoint_blocks(model: MambaLM | MambaClassifier) -> None:
     """Activation checkpointing per block: keep only each block's input, recompute the rest in
     backward (memory per layer falls to one residual stream; compute grows by one forward)."""
     for block in model.backbone.layers:

@@ -1,15 +1,20 @@
-"""The Lightning Trainer every training command uses: step-based validation, atomic checkpoints
-(keep the last k, plus last.ckpt for --resume), CSV and TensorBoard logs, a Rich progress bar."""
+"""What every training command shares: the recipe fields, and one Lightning run built from them
+(step-based validation, atomic checkpoints keeping the last k plus last.ckpt for --resume, CSV and
+TensorBoard logs, a Rich progress bar)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ..recipe import Recipe
 from .checkpoint_io import AtomicCheckpointIO
@@ -52,8 +57,44 @@ class TrainRecipe(Recipe):
                 "min_lr_ratio": self.min_lr_ratio, "checkpoint_activations": self.checkpoint_activations}
 
     def trainer(self, run_dir: Path) -> L.Trainer:
-        return make_trainer(run_dir, self.max_steps, self.val_every, self.checkpoint_every, self.keep_checkpoints,
-                            self.precision, self.accelerator, self.devices, self.grad_clip, self.progress)
+        checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+            every_n_train_steps=self.checkpoint_every, save_top_k=self.keep_checkpoints, monitor="step", mode="max",
+            save_last=True)
+        callbacks = [checkpoints, L.pytorch.callbacks.LearningRateMonitor("step")]
+        if self.progress:
+            callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
+        loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version="")]
+        if importlib.util.find_spec("tensorboardX") or importlib.util.find_spec("tensorboard"):
+            loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        return L.Trainer(
+            max_steps=self.max_steps, val_check_interval=min(self.val_every, self.max_steps),
+            check_val_every_n_epoch=None, precision=resolve_precision(self.precision, self.accelerator),
+            accelerator=self.accelerator, devices=self.devices, gradient_clip_val=self.grad_clip, callbacks=callbacks,
+            logger=loggers, plugins=[AtomicCheckpointIO()], enable_progress_bar=self.progress,
+            enable_model_summary=False, log_every_n_steps=10, num_sanity_val_steps=0, default_root_dir=run_dir)
+
+    def fit(self, module: L.LightningModule, train_data: Dataset, valid_data: Dataset, valid_batch_size: int,
+            metric: str) -> tuple[L.Trainer, float]:
+        """Train `module` in the run folder `out` (train_config.json written there; resumed from
+        last.ckpt when `resume`), then return the trainer and the validation `metric` at the last step
+        (one more validation pass when the last step was not a validation step)."""
+        run_dir = Path(self.out)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "train_config.json").write_text(
+            json.dumps(dataclasses.asdict(self), indent=2, default=str) + "\n")
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if self.resume and not last.exists():
+            raise self.input_error(f"--resume: no checkpoint at {last}")
+        trainer = self.trainer(run_dir)
+        valid_loader = DataLoader(valid_data, batch_size=valid_batch_size)
+        trainer.fit(module, train_dataloaders=DataLoader(train_data, batch_size=None, num_workers=self.num_workers),
+                    val_dataloaders=valid_loader, ckpt_path=str(last) if self.resume else None)
+        value = trainer.callback_metrics.get(metric)
+        if value is None or trainer.global_step % max(1, self.val_every):
+            trainer.validate(module, valid_loader, verbose=False)
+            value = trainer.callback_metrics[metric]
+        return trainer, float(value)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -63,32 +104,6 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
 
 
-def make_trainer(run_dir: Path, max_steps: int, val_every: int, checkpoint_every: int, keep_checkpoints: int,
-                 precision: str = "auto", accelerator: str = "auto", devices: int | str = "auto",
-                 grad_clip: float = 1.0, progress: bool = True) -> L.Trainer:
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
-        every_n_train_steps=checkpoint_every, save_top_k=keep_checkpoints, monitor="step", mode="max",
-        save_last=True)
-    callbacks = [checkpoints, L.pytorch.callbacks.LearningRateMonitor("step")]
-    if progress:
-        callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
-    loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version="")]
-    if importlib.util.find_spec("tensorboardX") or importlib.util.find_spec("tensorboard"):
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=""))
-    return L.Trainer(
-        max_steps=max_steps, val_check_interval=min(val_every, max_steps), check_val_every_n_epoch=None,
-        precision=resolve_precision(precision, accelerator), accelerator=accelerator, devices=devices,
-        gradient_clip_val=grad_clip, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10, num_sanity_val_steps=0,
-        default_root_dir=run_dir)
-
-
-def resume_path(run_dir: Path, resume: bool, error: type[Exception] = ValueError) -> str | None:
-    """RUN_DIR/checkpoints/last.ckpt when resuming (an error if there is none), else None."""
-    if not resume:
-        return None
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.exists():
-        raise error(f"--resume: no checkpoint at {last}")
-    return str(last)
+def global_step(module: L.LightningModule) -> Callable[[], int]:
+    """The step a run starts (or resumes) at, read when the training stream begins."""
+    return lambda: module.trainer.global_step if module._trainer else 0

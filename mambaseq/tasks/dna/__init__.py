@@ -1,4 +1,4 @@
-"""DNA tasks: tokenizer and FASTA/BED access (datasets, training and recipes arrive with the DNA issue)."""
+"""DNA tasks: tokenizer, FASTA/BED access, pretraining, classification, embedding, scoring, generation."""
 
 from .fasta import DnaInputError, FastaCollection, FastaFile, Interval, Record, read_bed
 from .tokenizer import DnaTokenizer, decode, encode, reverse_complement, soft_mask_positions

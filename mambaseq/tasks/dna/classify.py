@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +24,8 @@ from ...metrics import classification_report, write_report
 from ...models import POOLINGS, MambaClassifier
 from ...sysinfo import default_device
 from ...training.classify_module import ClassifierModule
-from ...training.trainer import TrainRecipe, resume_path
-from .fasta import DnaInputError, FastaCollection, Interval, read_bed
+from ...training.trainer import TrainRecipe, global_step
+from .fasta import DnaInputError, FastaCollection, Interval, regions_of
 from .model_dir import check_dna_model, load_dna_model
 from .species import ClassifyBatches, Species, SpeciesGenomes, WindowSet, parse_species, read_manifest
 from .tokenizer import VOCAB_SIZE, encode, reverse_complement
@@ -110,7 +108,7 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
     schedule = length_schedule(cfg.seq_len, cfg.warmup_start_len, cfg.warmup_stage_steps)
     batches = ClassifyBatches(genomes, schedule, cfg.batch_size * cfg.seq_len, cfg.seed, cfg.max_n_frac,
                               cfg.rc_augment, cfg.soft_mask,
-                              first_step=lambda: module.trainer.global_step if module._trainer else 0)
+                              first_step=global_step(module))
     valid = WindowSet(genomes, genomes.fixed_windows("valid", cfg.seq_len, cfg.eval_windows, cfg.seed,
                                                      cfg.max_n_frac, cfg.soft_mask), cfg.soft_mask)
     eval_batch = cfg.eval_batch_size or cfg.batch_size
@@ -119,31 +117,22 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
         log(f"{len(species)} species ({', '.join(genomes.names)}); {origin} ({model_config.n_layer} x "
             f"{model_config.d_model}); seq_len {cfg.seq_len}, batch {cfg.batch_size}, {cfg.max_steps} steps; "
             f"{len(valid)} validation windows")
+    trainer, accuracy = cfg.fit(module, batches, valid, eval_batch, "val/acc")
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
-    trainer = cfg.trainer(run_dir)
-    ckpt_path = resume_path(run_dir, cfg.resume, DnaInputError)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, num_workers=cfg.num_workers),
-                val_dataloaders=DataLoader(valid, batch_size=eval_batch), ckpt_path=ckpt_path)
-    accuracy = trainer.callback_metrics.get("val/acc")
-    if accuracy is None or trainer.global_step % max(1, cfg.val_every):
-        trainer.validate(module, DataLoader(valid, batch_size=eval_batch), verbose=False)
-        accuracy = trainer.callback_metrics["val/acc"]
     # Lightning hands the module back on the CPU after fit: the test pass goes back to the accelerator.
     device = torch.device(trainer.strategy.root_device)
     model = module.model.to(device).eval()
-    test_windows = genomes.fixed_windows("test", cfg.seq_len, cfg.eval_windows, cfg.seed + 1, cfg.max_n_frac,
+    test_windows = genomes.fixed_windows("test", cfg.seq_len, cfg.eval_windows, cfg.seed, cfg.max_n_frac,
                                          cfg.soft_mask)
     report = _report(model, WindowSet(genomes, test_windows, cfg.soft_mask), genomes.names, eval_batch, device)
     write_report(report, run_dir / "test")
     metadata = {"task": "dna-classify", "classes": genomes.names, "soft_mask": cfg.soft_mask,
                 "seq_len": cfg.seq_len, "species": {s.name: list(s.fasta) for s in species}, **cfg.split_kwargs(),
                 "eval_windows": cfg.eval_windows, "max_n_frac": cfg.max_n_frac, "seed": cfg.seed,
-                "init_from": cfg.init_from, "steps": trainer.global_step, "valid_accuracy": float(accuracy),
+                "init_from": cfg.init_from, "steps": trainer.global_step, "valid_accuracy": accuracy,
                 "test_accuracy": report["accuracy"]}
     model_dir = save_pretrained(model.cpu(), run_dir / "model", metadata=metadata)
-    return ClassifyTrainResult(float(accuracy), report, model_dir, run_dir, trainer.global_step)
+    return ClassifyTrainResult(accuracy, report, model_dir, run_dir, trainer.global_step)
 
 
 @torch.no_grad()
@@ -213,8 +202,7 @@ def evaluate_classifier(model_dir: str | Path, species: list[str] | None = None,
     seq_len = seq_len or int(metadata.get("seq_len", 1024))
     genomes.check_length(seq_len, (part,))
     count = windows_per_species or int(metadata.get("eval_windows", 32))
-    # The same seeds as training: valid windows use seed, test windows seed + 1.
-    seed = int(metadata.get("seed", 0)) + (0 if part == "valid" else 1)
+    seed = int(metadata.get("seed", 0))
     soft_mask = metadata.get("soft_mask", "base")
     windows = genomes.fixed_windows(part, seq_len, count, seed, float(metadata.get("max_n_frac", 0.1)), soft_mask)
     label_map = [classes.index(name) for name in genomes.names]
@@ -274,7 +262,7 @@ def predict_species(model_dir: str | Path, fasta: list[str], out: str | Path, be
     if window < 1 or stride < 1 or batch_size < 1:
         raise DnaInputError(f"--window, --stride and --batch-size must be >= 1 (got {window}, {stride}, {batch_size})")
     collection = FastaCollection(fasta)
-    regions = read_bed(bed, collection) if bed else [Interval(r.name, 0, r.length) for r in collection.records]
+    regions = regions_of(collection, bed)
     regions = [r for r in regions if r.length > 0]
     if not regions:
         raise DnaInputError(f"{bed or 'FASTA'}: no non-empty records or intervals")

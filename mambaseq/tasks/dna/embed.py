@@ -21,7 +21,7 @@ from ...checkpoint import from_pretrained
 from ...fileio import atomic_write
 from ...models import MambaLM
 from ...sysinfo import default_device
-from .fasta import DnaInputError, FastaCollection, Interval, read_bed
+from .fasta import DnaInputError, FastaCollection, Interval, regions_of
 from .model_dir import check_dna_model
 from .tokenizer import N, encode
 
@@ -29,19 +29,21 @@ POOLS = ("mean", "max", "first", "last", "none")
 FORMATS = (".npy", ".parquet", ".h5")
 
 
-def _batches(regions: list[Interval], batch_size: int) -> Iterator[list[int]]:
-    order = sorted(range(len(regions)), key=lambda i: -regions[i].length)
+def batches_by_length(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices in batches of `batch_size`, longest first, so a batch's lengths are close (little padding)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     for i in range(0, len(order), batch_size):
         yield order[i:i + batch_size]
 
 
 @torch.no_grad()
 def stream_hidden(model: MambaLM, collection: FastaCollection, regions: list[Interval], chunk_len: int,
-                  soft_mask: str = "base") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+                  soft_mask: str = "base") -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Hidden states of a batch of regions, one chunk at a time.
 
-    Yields (offset, hidden (batch, chunk, d_model) float32, valid (batch, chunk) bool) in order of
-    position; the model's state is carried across chunks.
+    Yields (offset, ids (batch, chunk) long, hidden (batch, chunk, d_model) float32, valid (batch,
+    chunk) bool), all on the model's device, in order of position; the model's state is carried
+    across chunks. Padding past a region's end is N.
     """
     device = model.lm_head.weight.device
     longest = max(r.length for r in regions)
@@ -56,9 +58,10 @@ def stream_hidden(model: MambaLM, collection: FastaCollection, regions: list[Int
                 seq = collection.fetch(region.name, region.start + offset, end)
                 ids[row, :len(seq)] = torch.from_numpy(encode(seq, soft_mask))
                 valid[row, :len(seq)] = True
+        ids = ids.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            hidden = model.hidden_states(ids.to(device), cache=cache)
-        yield offset, hidden.float(), valid.to(device)
+            hidden = model.hidden_states(ids, cache=cache)
+        yield offset, ids, hidden.float(), valid.to(device)
 
 
 class _Pooler:
@@ -88,7 +91,7 @@ class _Pooler:
 
 
 def _regions(collection: FastaCollection, bed: str | None) -> list[Interval]:
-    regions = read_bed(bed, collection) if bed else [Interval(r.name, 0, r.length) for r in collection.records]
+    regions = regions_of(collection, bed)
     regions = [r for r in regions if r.length > 0]
     if not regions:
         raise DnaInputError(f"{bed or 'FASTA'}: no non-empty records or intervals to embed")
@@ -126,10 +129,10 @@ def embed_dna(model_dir: str | Path, fasta: list[str], out: str | Path, bed: str
         _write_h5_per_base(out, model, collection, regions, chunk_len, batch_size, soft_mask, on_bases)
     else:
         pooled = np.zeros((len(regions), d_model), dtype=np.float32)
-        for index in _batches(regions, batch_size):
+        for index in batches_by_length([r.length for r in regions], batch_size):
             batch = [regions[i] for i in index]
             pooler = _Pooler(pool, len(batch), d_model, torch.device(device))
-            for offset, hidden, valid in stream_hidden(model, collection, batch, chunk_len, soft_mask):
+            for offset, _, hidden, valid in stream_hidden(model, collection, batch, chunk_len, soft_mask):
                 pooler.add(offset, hidden, valid)
                 if on_bases:
                     on_bases(int(valid.sum()))
@@ -195,11 +198,11 @@ def _write_h5_per_base(out: Path, model: MambaLM, collection: FastaCollection, r
         with h5py.File(tmp, "w") as f:
             _h5_index(f, regions)
             group = f.create_group("per_base")
-            for index in _batches(regions, batch_size):
+            for index in batches_by_length([r.length for r in regions], batch_size):
                 batch = [regions[i] for i in index]
                 sets = [group.create_dataset(str(i), shape=(regions[i].length, d_model), dtype=np.float32,
                                              chunks=(min(regions[i].length, 4096), d_model)) for i in index]
-                for offset, hidden, valid in stream_hidden(model, collection, batch, chunk_len, soft_mask):
+                for offset, _, hidden, valid in stream_hidden(model, collection, batch, chunk_len, soft_mask):
                     hidden = hidden.cpu().numpy()
                     for row, dataset in enumerate(sets):
                         n = int(valid[row].sum())

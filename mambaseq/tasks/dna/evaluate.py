@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ...checkpoint import from_pretrained
 from ...sysinfo import default_device
-from .fasta import DnaInputError, FastaCollection, Interval, read_bed
+from .fasta import DnaInputError, FastaCollection, regions_of
 from .model_dir import check_dna_model
 from .windows import ValidWindows
 
@@ -29,7 +29,7 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     seq_len = seq_len or int(info["metadata"].get("seq_len", 1024))
     soft_mask = info["metadata"].get("soft_mask", "base")
     collection = FastaCollection(fasta)
-    regions = read_bed(bed, collection) if bed else [Interval(r.name, 0, r.length) for r in collection.records]
+    regions = regions_of(collection, bed)
     windows = ValidWindows(collection, regions, seq_len, max_windows, max_n_frac, soft_mask, seed)
     device = device or default_device()
     model = from_pretrained(model_dir, device=device)

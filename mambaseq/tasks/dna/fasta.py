@@ -212,12 +212,13 @@ class FastaFile:
         """
         from Bio import bgzf
 
+        readable, index, gzi = self._open_args
         if self._bgzf_index is None:
             fai = {}
-            for line in Path(self._fasta.faidx.indexname).read_text().splitlines():
+            for line in Path(index).read_text().splitlines():
                 fields = line.split("\t")
                 fai[fields[0]] = tuple(int(x) for x in fields[1:5])
-            data = Path(self._fasta.faidx.gzi_indexname).read_bytes()
+            data = Path(gzi).read_bytes()
             count = int.from_bytes(data[:8], "little")
             pairs = [(0, 0)] + [(int.from_bytes(data[8 + 16 * i:16 + 16 * i], "little"),
                                  int.from_bytes(data[16 + 16 * i:24 + 16 * i], "little")) for i in range(count)]
@@ -230,7 +231,7 @@ class FastaFile:
 
         first, last = byte(start), byte(end - 1) + 1
         block = bisect.bisect_right([u for _, u in pairs], first) - 1
-        with bgzf.BgzfReader(str(self._fasta.faidx.filename), "rb") as reader:
+        with bgzf.BgzfReader(readable, "rb") as reader:
             reader.seek(bgzf.make_virtual_offset(pairs[block][0], first - pairs[block][1]))
             raw = reader.read(last - first)
         return raw.decode("ascii").replace("\n", "").replace("\r", "")
@@ -316,3 +317,10 @@ def read_bed(path: str | Path, fasta: FastaCollection, split_column: int | None 
     if not intervals:
         raise DnaInputError(f"{path}: no intervals")
     return intervals
+
+
+def regions_of(fasta: FastaCollection, bed: str | Path | None = None) -> list[Interval]:
+    """The intervals of `bed` (checked against `fasta`), or every record whole when there is no BED."""
+    if bed:
+        return read_bed(bed, fasta)
+    return [Interval(r.name, 0, r.length) for r in fasta.records]

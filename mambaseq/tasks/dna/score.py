@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +22,8 @@ from ...checkpoint import from_pretrained
 from ...fileio import atomic_write
 from ...models import MambaLM
 from ...sysinfo import default_device
-from .embed import _batches, stream_hidden
-from .fasta import DnaInputError, FastaCollection, Interval, read_bed
+from .embed import batches_by_length, stream_hidden
+from .fasta import DnaInputError, FastaCollection, Interval, regions_of
 from .model_dir import check_dna_model
 from .tokenizer import N, encode
 
@@ -45,18 +45,6 @@ def _target_log_probs(model: MambaLM, predictors: torch.Tensor, targets: torch.T
     return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def _chunk_targets(collection: FastaCollection, regions: list[Interval], offset: int, width: int,
-                   soft_mask: str) -> torch.Tensor:
-    """Token ids (batch, width) of each region's bases [offset, offset + width); N past a region's end."""
-    ids = torch.full((len(regions), width), N, dtype=torch.long)
-    for row, region in enumerate(regions):
-        end = min(region.end, region.start + offset + width)
-        if region.start + offset < end:
-            seq = collection.fetch(region.name, region.start + offset, end)
-            ids[row, :len(seq)] = torch.from_numpy(encode(seq, soft_mask))
-    return ids
-
-
 def _score_batch(model: MambaLM, collection: FastaCollection, regions: list[Interval], chunk_len: int,
                  soft_mask: str, on_bases: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-likelihood (batch,) float64 and scored-base count (batch,) int64 of `regions`."""
@@ -64,8 +52,7 @@ def _score_batch(model: MambaLM, collection: FastaCollection, regions: list[Inte
     ll = torch.zeros(len(regions), dtype=torch.float64, device=device)
     scored = torch.zeros(len(regions), dtype=torch.long, device=device)
     previous = None  # last hidden state of the previous chunk: it predicts this chunk's first base
-    for offset, hidden, valid in stream_hidden(model, collection, regions, chunk_len, soft_mask):
-        targets = _chunk_targets(collection, regions, offset, hidden.shape[1], soft_mask).to(device)
+    for _, targets, hidden, valid in stream_hidden(model, collection, regions, chunk_len, soft_mask):
         if on_bases:
             on_bases(int(valid.sum()))
         if previous is None:
@@ -111,13 +98,13 @@ def score_dna(model_dir: str | Path, fasta: list[str], out: str | Path, bed: str
     soft_mask = _soft_mask(model_dir)
     collection = FastaCollection(fasta)
     # Empty records stay in, as rows with nothing scored, so the output has one row per record.
-    regions = read_bed(bed, collection) if bed else [Interval(r.name, 0, r.length) for r in collection.records]
+    regions = regions_of(collection, bed)
     if not regions:
         raise DnaInputError(f"{bed or 'FASTA'}: no records or intervals to score")
     model = _load(model_dir, device)
     ll = np.zeros(len(regions), dtype=np.float64)
     scored = np.zeros(len(regions), dtype=np.int64)
-    for index in _batches(regions, batch_size):
+    for index in batches_by_length([r.length for r in regions], batch_size):
         ll[index], scored[index] = _score_batch(model, collection, [regions[i] for i in index], chunk_len,
                                                 soft_mask, on_bases)
 
@@ -241,13 +228,6 @@ def _sequence_ll(model: MambaLM, seqs: list[str], soft_mask: str) -> list[float]
     return torch.where(keep, log_probs, 0.0).double().sum(1).tolist()
 
 
-def _length_batches(seqs: list[str], batch_size: int) -> Iterator[list[int]]:
-    # Similar lengths together keep padding small.
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    for i in range(0, len(order), batch_size):
-        yield order[i:i + batch_size]
-
-
 @torch.no_grad()
 def score_variants(model_dir: str | Path, fasta: list[str], variants: str | Path, out: str | Path,
                    window: int = 1024, batch_size: int = 16, device: str | None = None,
@@ -279,7 +259,7 @@ def score_variants(model_dir: str | Path, fasta: list[str], variants: str | Path
         seqs += [ref_seq, ref_seq[:cut] + v.alt + ref_seq[cut + len(v.ref):]]
     ll = [0.0] * len(seqs)
     halves_done = [0] * len(rows)  # ref and alt of one variant may land in different batches
-    for index in _length_batches(seqs, batch_size):
+    for index in batches_by_length([len(seq) for seq in seqs], batch_size):
         completed = 0
         for i, value in zip(index, _sequence_ll(model, [seqs[i] for i in index], soft_mask), strict=True):
             ll[i] = value

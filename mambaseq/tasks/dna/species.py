@@ -23,6 +23,9 @@ from .fasta import DnaInputError, FastaCollection, Interval
 from .tokenizer import N, encode, reverse_complement
 
 SPLITS = ("train", "valid", "test")
+# Validation and test windows of one seed are drawn apart, so a region held out for both (split
+# "all") gives each its own windows.
+SPLIT_SEED = {"valid": 0, "test": 1, "train": 2}
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,8 @@ class SpeciesGenomes:
 
     def fixed_windows(self, split: str, length: int, per_species: int, seed: int = 0, max_n_frac: float = 0.1,
                       soft_mask: str = "base") -> list[Window]:
-        """`per_species` windows of each species in `split`, the same for the same arguments.
+        """`per_species` windows of each species in `split`, the same for the same arguments (the
+        windows training validated and tested on are rebuilt from the run's seed).
 
         Non-overlapping tiles in a seeded random order when a species has enough of them; otherwise
         evenly spaced windows that overlap (a short held-out region still gives `per_species`).
@@ -183,7 +187,7 @@ class SpeciesGenomes:
             regions = [r for r in parts[split] if r.length >= length]
             tiles = [(r.name, s) for r in regions for s in range(r.start, r.end - length + 1, length)]
             if len(tiles) >= per_species:
-                order = np.random.default_rng([seed, label]).permutation(len(tiles))
+                order = np.random.default_rng([seed + SPLIT_SEED[split], label]).permutation(len(tiles))
                 candidates = [tiles[i] for i in order]
             else:
                 candidates = _spread(regions, length, per_species)

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,12 +14,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
-from torch.utils.data import DataLoader
 
 from ...checkpoint import save_pretrained
 from ...config import MambaConfig
 from ...training.lm_module import CausalLMModule
-from ...training.trainer import TrainRecipe, resume_path
+from ...training.trainer import TrainRecipe, global_step
 from .fasta import DnaInputError, FastaCollection, read_bed
 from .tokenizer import VOCAB_SIZE, DnaTokenizer
 from .windows import TrainBatches, ValidWindows, WindowSampler, length_schedule, split_regions
@@ -80,28 +77,19 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
     sampler = WindowSampler(fasta, regions.train, cfg.max_n_frac, cfg.rc_augment, cfg.soft_mask)
     schedule = length_schedule(cfg.seq_len, cfg.warmup_start_len, cfg.warmup_stage_steps)
     train_batches = TrainBatches(sampler, schedule, cfg.batch_size * cfg.seq_len, cfg.seed,
-                                 first_step=lambda: module.trainer.global_step if module._trainer else 0)
+                                 first_step=global_step(module))
     valid = ValidWindows(fasta, regions.valid, cfg.seq_len, cfg.max_val_windows, cfg.max_n_frac, cfg.soft_mask,
                          cfg.seed)
     if log is not None:
         data = ", ".join(map(str, cfg.fasta)) if cfg.fasta else "bundled yeast chromosome I (3 species)"
         log(f"{describe(cfg)}; {len(fasta.records)} records from {data}; {len(valid)} validation windows")
+    trainer, bits = cfg.fit(module, train_batches, valid, max(1, cfg.batch_size), "val/bits_per_base")
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str) + "\n")
-    trainer = cfg.trainer(run_dir)
-    ckpt_path = resume_path(run_dir, cfg.resume, DnaInputError)
-    trainer.fit(module, train_dataloaders=DataLoader(train_batches, batch_size=None, num_workers=cfg.num_workers),
-                val_dataloaders=DataLoader(valid, batch_size=max(1, cfg.batch_size)), ckpt_path=ckpt_path)
-    bits = trainer.callback_metrics.get("val/bits_per_base")
-    if bits is None or trainer.global_step % max(1, cfg.val_every):
-        trainer.validate(module, DataLoader(valid, batch_size=max(1, cfg.batch_size)), verbose=False)
-        bits = trainer.callback_metrics["val/bits_per_base"]
     metadata = {"task": "dna-lm", **DnaTokenizer(cfg.soft_mask).to_dict(), "seq_len": cfg.seq_len,
                 "fasta": [str(p) for p in fasta_paths], "steps": trainer.global_step,
-                "valid_bits_per_base": float(bits)}
+                "valid_bits_per_base": bits}
     model_dir = save_pretrained(module.model.cpu(), run_dir / "model", metadata=metadata)
-    return DnaTrainResult(float(bits), model_dir, run_dir, trainer.global_step)
+    return DnaTrainResult(bits, model_dir, run_dir, trainer.global_step)
 
 
 def describe(cfg: DnaTrainConfig) -> str:
