@@ -121,7 +121,7 @@ def classify_config(args: argparse.Namespace, specs: list[str], L: int) -> Class
         eval_batch_size=max(1, min(64, 2**20 // L)),
         # One validation at the end and one checkpoint: curves are not what this benchmark is for.
         val_every=args.steps, checkpoint_every=args.steps, keep_checkpoints=1, out=str(Path(args.out) / f"L{L}"),
-        progress=False, seed=args.seed, pooling=args.pooling, precision=args.precision)
+        progress=False, seed=args.seed, pooling=args.pooling, head_norm=args.head_norm, precision=args.precision)
 
 
 def run_mamba(cfg: ClassifyConfig) -> dict[str, Any]:
@@ -228,6 +228,7 @@ def main() -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--eval-windows", type=int, default=64, help="fixed valid/test windows per species")
     parser.add_argument("--pooling", default="mean")
+    parser.add_argument("--head-norm", default="batch", help="batch | none: pooled features standardized or not")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="folder for dna_classify.json and the runs L{L}/")
     parser.add_argument("--baseline-only", action="store_true", help="skip the Mamba model")

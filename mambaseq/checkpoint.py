@@ -133,7 +133,8 @@ def build_model(document: dict[str, Any]) -> Model:
     """An untrained model of the architecture a parsed config.json (`read_model_dir`) describes."""
     if document["architecture"] == "MambaClassifier":
         try:
-            return MambaClassifier(document["config"], **document["head"])
+            # Folders written before the head had a norm hold an unnormalized head.
+            return MambaClassifier(document["config"], **{"norm": "none", **document["head"]})
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"invalid classifier head {document['head']!r}: {err}") from None
     return MambaLM(document["config"])

@@ -308,6 +308,10 @@ def _classifier():
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))
+        model.head.norm.running_mean.normal_()
+        model.head.norm.running_var.uniform_(0.5, 2.0)
+        model.head.norm.running_mean.normal_()
+        model.head.norm.running_var.uniform_(0.5, 2.0)
     return model.eval()
 
 
@@ -316,6 +320,21 @@ def test_classifier_round_trip_gives_identical_logits(tmp_path):
     save_pretrained(model, tmp_path)
     loaded = from_pretrained(tmp_path)
     assert type(loaded).__name__ == "MambaClassifier" and loaded.head_config() == model.head_config()
+    ids = _ids(model.config)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+
+
+def test_classifier_folder_from_before_the_head_norm_loads_unnormalized(tmp_path):
+    from mambaseq.models import MambaClassifier
+
+    model = MambaClassifier(_config(), num_classes=3, norm="none").eval()
+    save_pretrained(model, tmp_path)
+    document = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del document["head"]["norm"]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(document))
+    loaded = from_pretrained(tmp_path)
+    assert loaded.head_config()["norm"] == "none"
     ids = _ids(model.config)
     with torch.no_grad():
         assert torch.equal(loaded(ids), model(ids))

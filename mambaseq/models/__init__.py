@@ -2,11 +2,12 @@
 
 from .cache import InferenceCache, LayerState
 from .classifier import MambaClassifier
-from .heads import POOLINGS, ClassificationHead, pool
+from .heads import HEAD_NORMS, POOLINGS, ClassificationHead, pool
 from .lm import MambaBackbone, MambaBlock, MambaLM
 from .mixer import MambaMixer
 
 __all__ = [
+    "HEAD_NORMS",
     "POOLINGS",
     "ClassificationHead",
     "InferenceCache",

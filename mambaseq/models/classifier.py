@@ -19,13 +19,14 @@ class MambaClassifier(nn.Module):
     vector: "last" is the only position of a causal model that has seen the whole window.
     """
 
-    def __init__(self, config: MambaConfig, num_classes: int, pooling: str = "mean", dropout: float = 0.0) -> None:
+    def __init__(self, config: MambaConfig, num_classes: int, pooling: str = "mean", dropout: float = 0.0,
+                 norm: str = "batch") -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
         self.config = config
         self.backbone = MambaBackbone(config)
-        self.head = ClassificationHead(config.d_model, num_classes, pooling, dropout)
+        self.head = ClassificationHead(config.d_model, num_classes, pooling, dropout, norm)
         init_backbone_(self.backbone, config.n_layer)
 
     @property
@@ -34,7 +35,8 @@ class MambaClassifier(nn.Module):
 
     def head_config(self) -> dict[str, Any]:
         """The constructor arguments besides `config`, as saved in config.json."""
-        return {"num_classes": self.num_classes, "pooling": self.head.pooling, "dropout": self.head.dropout.p}
+        return {"num_classes": self.num_classes, "pooling": self.head.pooling, "dropout": self.head.dropout.p,
+                "norm": self.head.norm_kind}
 
     def forward(self, input_ids: Tensor, mask: Tensor | None = None) -> Tensor:
         """input_ids: (batch, L); mask: (batch, L) True where a position counts -> (batch, num_classes)."""

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 POOLINGS = ("mean", "max", "first", "last")
+HEAD_NORMS = ("batch", "none")
 
 
 def pool(hidden: Tensor, how: str = "mean", mask: Tensor | None = None) -> Tensor:
@@ -36,13 +37,28 @@ def pool(hidden: Tensor, how: str = "mean", mask: Tensor | None = None) -> Tenso
 
 
 class ClassificationHead(nn.Module):
-    """Pooled hidden states -> class logits: (batch, L, d_model) -> (batch, num_classes)."""
+    """Pooled hidden states -> class logits: (batch, L, d_model) -> (batch, num_classes).
 
-    def __init__(self, d_model: int, num_classes: int, pooling: str = "mean", dropout: float = 0.0) -> None:
+    `norm="batch"` standardizes each pooled feature over the batch (BatchNorm without affine,
+    running statistics at eval time) before the linear layer, as in MAE's linear probing (He et
+    al. 2021, Appendix A). Why: a mean over thousands of positions is nearly the same vector for
+    every window; what tells classes apart is a deviation orders of magnitude smaller than the
+    common part, and a linear layer at a normal learning rate would need hundreds of steps just to
+    grow weights large enough to see it. Standardized, the deviation is unit-sized from step one.
+    """
+
+    def __init__(self, d_model: int, num_classes: int, pooling: str = "mean", dropout: float = 0.0,
+                 norm: str = "batch") -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if norm not in HEAD_NORMS:
+            raise ValueError(f"head norm must be one of {', '.join(HEAD_NORMS)}, got {norm!r}")
         self.pooling = pooling
+        self.norm_kind = norm
+        # eps far below BatchNorm's 1e-5: pooled features of long windows vary across windows by
+        # about that much, and a 1e-5 floor would damp exactly the signal the norm is there for.
+        self.norm = nn.BatchNorm1d(d_model, eps=1e-8, affine=False) if norm == "batch" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(d_model, num_classes)
 
@@ -51,4 +67,18 @@ class ClassificationHead(nn.Module):
         # classes by far less than bf16's 3 significant digits.
         with torch.autocast(hidden.device.type, enabled=False):
             pooled = pool(hidden.float(), self.pooling, mask)
+            if self.training and pooled.shape[0] == 1 and self.norm_kind == "batch":
+                pooled = self._normalize_one(pooled)
+            else:
+                pooled = self.norm(pooled)
             return self.proj(self.dropout(pooled))
+
+    def _normalize_one(self, pooled: Tensor) -> Tensor:
+        """A batch of one window (the longest contexts) has no batch variance: normalise it with the
+        running statistics, and move those towards it as BatchNorm's momentum would."""
+        norm = self.norm
+        with torch.no_grad():
+            norm.running_mean.lerp_(pooled[0], norm.momentum)
+            norm.running_var.lerp_((pooled[0] - norm.running_mean) ** 2, norm.momentum)
+            norm.num_batches_tracked += 1
+        return (pooled - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)

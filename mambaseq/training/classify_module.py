@@ -21,12 +21,13 @@ class ClassifierModule(L.LightningModule):
     """
 
     def __init__(self, model_config: dict, num_classes: int, pooling: str = "mean", dropout: float = 0.0,
-                 lr: float = 2e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
+                 head_norm: str = "batch", lr: float = 2e-3, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 100, total_steps: int = 1000, min_lr_ratio: float = 0.1,
                  checkpoint_activations: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = MambaClassifier(MambaConfig.from_dict(model_config), num_classes, pooling, dropout)
+        self.model = MambaClassifier(MambaConfig.from_dict(model_config), num_classes, pooling, dropout, head_norm)
         if checkpoint_activations:
             checkpoint_blocks(self.model)
         self._tic: float | None = None

@@ -16,7 +16,7 @@ CONFIG = MambaConfig(d_model=16, n_layer=2, vocab_size=12, d_state=4)
 @pytest.mark.parametrize("batch,length", [(1, 1), (3, 17)])
 def test_logits_are_the_head_on_the_pooled_lm_hidden_states(seed, pooling, batch, length):
     lm = MambaLM(CONFIG).eval()
-    classifier = MambaClassifier(CONFIG, num_classes=5, pooling=pooling).eval()
+    classifier = MambaClassifier(CONFIG, num_classes=5, pooling=pooling, norm="none").eval()
     classifier.backbone.load_state_dict(lm.backbone.state_dict())
     ids = torch.randint(7, 12, (batch, length))
     with torch.no_grad():
@@ -34,8 +34,8 @@ def test_backbone_parameter_names_match_the_lm():
 
 
 def test_head_config_rebuilds_the_same_head():
-    classifier = MambaClassifier(CONFIG, 4, pooling="last", dropout=0.1)
-    assert classifier.head_config() == {"num_classes": 4, "pooling": "last", "dropout": 0.1}
+    classifier = MambaClassifier(CONFIG, 4, pooling="last", dropout=0.1, norm="none")
+    assert classifier.head_config() == {"num_classes": 4, "pooling": "last", "dropout": 0.1, "norm": "none"}
 
 
 @pytest.mark.parametrize("kwargs,message", [({"num_classes": 1}, "at least 2"),

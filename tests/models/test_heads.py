@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambaseq.models import POOLINGS, ClassificationHead, pool
+from mambaseq.models import HEAD_NORMS, POOLINGS, ClassificationHead, pool
 
 
 def _expected(hidden, how, mask):
@@ -111,7 +111,7 @@ def test_classification_head_shape(pooling, batch, L, d_model, num_classes):
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_classification_head_is_projection_of_pool(pooling):
-    head = ClassificationHead(6, 3, pooling=pooling).eval()
+    head = ClassificationHead(6, 3, pooling=pooling, norm="none").eval()
     hidden = torch.randn(4, 7, 6)
     mask = _mask([7, 3, 1, 5], 7, "end")
     torch.testing.assert_close(head(hidden, mask), head.proj(pool(hidden, pooling, mask)))
@@ -135,10 +135,65 @@ def test_row_without_counted_positions_pools_to_zeros(how):
 def test_head_pools_and_projects_in_fp32_under_autocast():
     from mambaseq.models import ClassificationHead
 
-    head = ClassificationHead(8, 3)
+    head = ClassificationHead(8, 3, norm="none")
     hidden = torch.randn(2, 50, 8).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = head(hidden)
     want = hidden.float().mean(1) @ head.proj.weight.T + head.proj.bias
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, want)
+
+
+def _standardized(pooled, mean, var, eps=1e-8):
+    return (pooled - mean) / torch.sqrt(var + eps)
+
+
+@pytest.mark.parametrize(("batch", "d"), [(2, 3), (5, 8)])
+def test_batch_norm_head_standardizes_over_the_batch_in_training(batch, d):
+    head = ClassificationHead(d, 4, norm="batch").train()
+    # Windows that differ by 1e-3 around a common 3: the standardized features are unit-sized.
+    hidden = 3 + 1e-3 * torch.randn(batch, 6, d, dtype=torch.float64)
+    pooled = hidden.mean(1)
+    want = _standardized(pooled, pooled.mean(0), pooled.var(0, unbiased=False)).float()
+    assert want.abs().max() > 0.5
+    torch.testing.assert_close(head(hidden.float()), head.proj(want), rtol=1e-3, atol=1e-3)
+
+
+def test_batch_norm_head_uses_running_statistics_in_eval():
+    head = ClassificationHead(4, 3, norm="batch", pooling="first")
+    mean, var = torch.zeros(4), torch.ones(4)
+    for _ in range(3):  # BatchNorm's update: momentum 0.1, unbiased batch variance
+        hidden = 5 + 2 * torch.randn(6, 2, 4)
+        head.train()(hidden)
+        mean = 0.9 * mean + 0.1 * hidden[:, 0].mean(0)
+        var = 0.9 * var + 0.1 * hidden[:, 0].var(0, unbiased=True)
+    hidden = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        got = head.eval()(hidden)
+    torch.testing.assert_close(got, head.proj(_standardized(hidden[:, 0], mean, var)))
+
+
+def test_batch_norm_head_trains_on_a_batch_of_one():
+    head = ClassificationHead(4, 2, norm="batch", pooling="first").train()
+    head.norm.running_mean.fill_(1.0)
+    head.norm.running_var.fill_(4.0)
+    hidden = torch.tensor([[[3.0, 1.0, -1.0, 1.0]]])
+    mean = 0.9 * torch.ones(4) + 0.1 * hidden[0, 0]
+    var = 0.9 * 4.0 + 0.1 * (hidden[0, 0] - mean) ** 2
+    got = head(hidden)
+    torch.testing.assert_close(head.norm.running_mean, mean)
+    torch.testing.assert_close(head.norm.running_var, var)
+    torch.testing.assert_close(got, head.proj(_standardized(hidden[:, 0], mean, var)))
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("norm", HEAD_NORMS)
+def test_head_output_is_fp32_under_autocast(norm):
+    head = ClassificationHead(8, 3, norm=norm)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(torch.randn(3, 20, 8).to(torch.bfloat16)).dtype == torch.float32
+
+
+def test_classification_head_bad_norm_raises():
+    with pytest.raises(ValueError, match="layer"):
+        ClassificationHead(8, 2, norm="layer")

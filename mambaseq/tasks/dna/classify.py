@@ -21,7 +21,7 @@ from ...checkpoint import from_pretrained, save_pretrained
 from ...config import MambaConfig
 from ...fileio import atomic_write
 from ...metrics import classification_report, write_report
-from ...models import POOLINGS, MambaClassifier
+from ...models import HEAD_NORMS, POOLINGS, MambaClassifier
 from ...sysinfo import default_device
 from ...training.classify_module import ClassifierModule
 from ...training.trainer import TrainRecipe, global_step
@@ -50,6 +50,7 @@ class ClassifyConfig(TrainRecipe):
     manifest: str | None = None  # TSV of species<TAB>fasta
     init_from: str | None = None  # a pretrained DNA LM folder whose backbone (and config) to start from
     pooling: str = "mean"
+    head_norm: str = "batch"  # batch: pooled features standardized before the linear layer | none
     dropout: float = 0.0
     out: str = "runs/classify"
     batch_size: int = 16
@@ -96,12 +97,14 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
     (RUN_DIR/test/: metrics.json, confusion_matrix.json and .png) and export RUN_DIR/model."""
     if cfg.pooling not in POOLINGS:
         raise DnaInputError(f"pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}")
+    if cfg.head_norm not in HEAD_NORMS:
+        raise DnaInputError(f"head_norm must be one of {', '.join(HEAD_NORMS)}, got {cfg.head_norm!r}")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     species = cfg.load_species()
     genomes = SpeciesGenomes(species, **cfg.split_kwargs())
     genomes.check_length(cfg.seq_len)
     model_config = cfg.model_config()
-    module = ClassifierModule(model_config.to_dict(), len(species), cfg.pooling, cfg.dropout,
+    module = ClassifierModule(model_config.to_dict(), len(species), cfg.pooling, cfg.dropout, cfg.head_norm,
                               **cfg.optimizer_kwargs())
     if cfg.init_from:
         module.model.backbone.load_state_dict(from_pretrained(cfg.init_from).backbone.state_dict())
