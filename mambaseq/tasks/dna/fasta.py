@@ -24,7 +24,11 @@ import pyfaidx
 from ...fileio import atomic_write
 
 IUPAC = b"ACGTNURYSWKMBDHVacgtnuryswkmbdhv"
-_SEQUENCE_EXTRA = b"-*.\r"  # gaps, stop marks and Windows line ends, tolerated; read as N by pyfaidx users
+_SEQUENCE_EXTRA = b"-*."  # gaps and stop marks, tolerated (the tokenizer reads them as [UNK])
+# Part of every check stamp: a stamp written by a laxer check of an older release is not trusted.
+_CHECK_VERSION = 2
+# The empty block that ends every complete BGZF file (SAM/BAM specification, "End-of-file marker").
+_BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
 class DnaInputError(ValueError):
@@ -67,16 +71,36 @@ def _compression(path: Path, head: bytes) -> str:
     return "gzip"
 
 
+def _show(text: str, limit: int = 80) -> str:
+    """`text` quoted for a one-line message: control characters escaped, a long text cut short."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}..."
+
+
 def _open_text(path: Path, compression: str):
     return gzip.open(path, "rb") if compression != "plain" else open(path, "rb")
 
 
 def _validate(path: Path, compression: str) -> list[tuple[str, int]]:
-    """Scan the whole file once: FASTA shape, characters, names. Returns [(name, length)]."""
+    """Scan the whole file once: FASTA shape, characters, names, line layout. Returns [(name, length)].
+
+    The layout rules are those of a samtools/pyfaidx index, checked here so that a file pyfaidx
+    would index wrongly (and then return bases of the wrong place) or fail on with a traceback is
+    refused with the record and line: every sequence line of a record but the last has the length
+    and line end of the first, the last is no longer, and one blank line at most ends a record.
+    """
+    if compression == "bgzip":
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - len(_BGZF_EOF)))
+            if handle.read() != _BGZF_EOF:
+                raise DnaInputError(f"{path}: truncated bgzip file (no end-of-file block); download or "
+                                    f"compress it again")
     records: list[tuple[str, int]] = []
     seen: dict[str, int] = {}
     name, length, line_no = None, 0, 0
-    delete_valid = IUPAC + _SEQUENCE_EXTRA + b"\n"
+    width = span = 0  # bases and bytes (line end included) of the record's first sequence line
+    short = blank = 0  # line number of a line shorter than the first / of a blank line, in this record
+    valid = IUPAC + _SEQUENCE_EXTRA
     try:
         with _open_text(path, compression) as handle:
             for line_no, line in enumerate(handle, start=1):
@@ -86,35 +110,68 @@ def _validate(path: Path, compression: str) -> list[tuple[str, int]]:
                     if name is not None:
                         records.append((name, length))
                     try:
-                        header = line[1:].decode("utf-8").strip()
-                    except UnicodeDecodeError:
-                        header = line[1:].decode("latin-1").strip()
-                    name = header.split()[0] if header.split() else ""
+                        header = line[1:].decode("utf-8")
+                    except UnicodeDecodeError as err:
+                        # pyfaidx reads headers as UTF-8 and fails on anything else.
+                        raise DnaInputError(f"{path}: line {line_no}, column {err.start + 2}: header is not UTF-8 "
+                                            f"text (byte 0x{line[err.start + 1]:02x})") from None
+                    if "\r" in header.rstrip("\r\n"):
+                        # Old Mac line ends (CR only) would make the whole file one header line.
+                        column = line.index(b"\r") + 1
+                        raise DnaInputError(f"{path}: line {line_no}, column {column}: a carriage return inside a "
+                                            f"header line (old Mac line ends?); use \\n or \\r\\n line ends")
+                    words = header.split()
+                    name = words[0] if words else ""
                     if not name:
                         raise DnaInputError(f"{path}: line {line_no}: header without a record name")
                     if name in seen:
-                        raise DnaInputError(f"{path}: record '{name}', line {line_no}: duplicate record name "
+                        raise DnaInputError(f"{path}: record {_show(name)}, line {line_no}: duplicate record name "
                                             f"(first at line {seen[name]})")
-                    seen[name], length = line_no, 0
+                    seen[name], length, width, span, short, blank = line_no, 0, 0, 0, 0, 0
                     continue
-                stripped = line.strip()
-                if not stripped:
+                text = line.rstrip(b"\r\n")
+                if not text:
+                    if name is not None and blank:
+                        raise DnaInputError(f"{path}: record {_show(name)}, line {line_no}: a second blank line; "
+                                            f"one blank line at most may end a record")
+                    blank = line_no if name is not None else 0
                     continue
                 if name is None:
                     raise DnaInputError(f"{path}: line {line_no}: not FASTA (expected a '>' header first)")
-                bad = stripped.translate(None, delete_valid)
+                bad = text.translate(None, valid)
                 if bad:
-                    char = bad[:1].decode("latin-1")
-                    column = stripped.index(bad[:1]) + 1
-                    raise DnaInputError(f"{path}: record '{name}', line {line_no}, column {column}: invalid "
-                                        f"character {char!r} in a DNA sequence")
-                length += len(stripped)
+                    column = text.index(bad[:1]) + 1
+                    hint = " (a carriage return inside a line: old Mac line ends?)" if bad[:1] == b"\r" else ""
+                    raise DnaInputError(f"{path}: record {_show(name)}, line {line_no}, column {column}: invalid "
+                                        f"character {bad[:1].decode('latin-1')!r} in a DNA sequence{hint}")
+                where = f"{path}: record {_show(name)}, line {line_no}"
+                if blank:
+                    raise DnaInputError(f"{where}: sequence after the blank line {blank}; a blank line may only "
+                                        f"end a record")
+                if short:
+                    raise DnaInputError(f"{where}: line {short} before it is shorter than the record's first "
+                                        f"line; every line of a record but its last must have one length and line "
+                                        f"end (rewrap it, e.g. seqkit seq -w 60)")
+                if not width:
+                    width, span = len(text), len(line)
+                elif len(text) > width:
+                    raise DnaInputError(f"{where}: {len(text)} bases, more than the record's first line "
+                                        f"({width}); every line of a record but its last must have one length "
+                                        f"(rewrap it, e.g. seqkit seq -w 60)")
+                elif len(line) != span:
+                    short = line_no  # fine as the record's last line, an error before another
+                length += len(text)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise DnaInputError(f"{path}: line {line_no + 1}: corrupt or truncated gzip data ({err})") from None
     if name is None:
         raise DnaInputError(f"{path}: empty file (no FASTA records)")
     records.append((name, length))
     return records
+
+
+def _cannot_write(path: Path, folder: Path, err: OSError) -> DnaInputError:
+    return DnaInputError(f"{path}: cannot write its index to {folder} ({err.strerror or err}); set MAMBASEQ_CACHE "
+                         f"to a writable folder with free space")
 
 
 def _writable_dir(folder: Path) -> bool:
@@ -146,12 +203,18 @@ class FastaFile:
             readable = self.path
             index_dir = readable.parent if _writable_dir(readable.parent) else cache
             stem = readable.name if index_dir == readable.parent else f"{key}-{readable.name}"
-        index_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            index_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _cannot_write(self.path, index_dir, err) from None
         self._stamp = index_dir / f"{stem}.mambaseq-ok"
         # Checked before anything is decompressed, so bad input never reaches the cache.
         self.records = [Record(self.path, name, length) for name, length in self._check_and_remember(self._stamp)]
         if self.compression == "gzip" and not readable.exists():
-            atomic_write(readable, self._decompress)
+            try:
+                atomic_write(readable, self._decompress)
+            except OSError as err:  # the input was read once already; this is the cache (full disk, say)
+                raise _cannot_write(self.path, index_dir, err) from None
         self._open_args = (str(readable), str(index_dir / f"{stem}.fai"),
                            str(index_dir / f"{stem}.gzi") if self.compression == "bgzip" else None)
         try:
@@ -173,16 +236,19 @@ class FastaFile:
             shutil.copyfileobj(src, dst)
 
     def _check_and_remember(self, stamp: Path) -> list[tuple[str, int]]:
-        # The stamp remembers a successful check for this exact file version (size, mtime).
+        # The stamp remembers a successful check for this exact file version (size, mtime) by this check.
         stat = self.path.stat()
-        version = f"{stat.st_size} {stat.st_mtime_ns}"
+        version = f"{stat.st_size} {stat.st_mtime_ns} check {_CHECK_VERSION}"
         if stamp.exists():
             first, *lines = stamp.read_text().splitlines()
             if first == version:
                 return [(n, int(length)) for n, length in (line.rsplit("\t", 1) for line in lines)]
         records = _validate(self.path, self.compression)
         text = version + "\n" + "".join(f"{n}\t{length}\n" for n, length in records)
-        atomic_write(stamp, lambda tmp: Path(tmp).write_text(text))
+        try:
+            atomic_write(stamp, lambda tmp: Path(tmp).write_text(text))
+        except OSError as err:
+            raise _cannot_write(self.path, stamp.parent, err) from None
         return records
 
     def length(self, name: str) -> int:
@@ -191,9 +257,10 @@ class FastaFile:
     def fetch(self, name: str, start: int, end: int) -> str:
         """Bases [start, end) of record `name`, 0-based half-open, case preserved."""
         if name not in self._lengths:
-            raise DnaInputError(f"{self.path}: no record named '{name}'")
+            raise DnaInputError(f"{self.path}: no record named {_show(name)}")
         if not 0 <= start <= end <= self._lengths[name]:
-            raise DnaInputError(f"{self.path}: record '{name}': region {start}-{end} outside 0-{self._lengths[name]}")
+            raise DnaInputError(f"{self.path}: record {_show(name)}: region {start}-{end} outside "
+                                f"0-{self._lengths[name]}")
         if end == start:
             return ""
         try:
@@ -250,7 +317,7 @@ class FastaCollection:
         for fasta in self.files:
             for record in fasta.records:
                 if record.name in self._by_name:
-                    raise DnaInputError(f"{fasta.path}: record '{record.name}' also in "
+                    raise DnaInputError(f"{fasta.path}: record {_show(record.name)} also in "
                                         f"{self._by_name[record.name].path}; record names must be unique")
                 self._by_name[record.name] = fasta
 
@@ -274,7 +341,7 @@ class FastaCollection:
 
     def _file(self, name: str) -> FastaFile:
         if name not in self._by_name:
-            raise DnaInputError(f"no record named '{name}' in {', '.join(str(f.path) for f in self.files)}")
+            raise DnaInputError(f"no record named {_show(name)} in {', '.join(str(f.path) for f in self.files)}")
         return self._by_name[name]
 
 
@@ -290,9 +357,10 @@ def read_bed(path: str | Path, fasta: FastaCollection, split_column: int | None 
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             line = raw.decode("utf-8", errors="replace").strip()
-            if not line or line.startswith(("#", "track", "browser")):
-                continue
             fields = line.split("\t") if "\t" in line else line.split()
+            # Header lines are the words track and browser, not any name starting so (a record 'track7').
+            if not line or line.startswith("#") or line.split()[0] in ("track", "browser"):
+                continue
             if len(fields) < 3:
                 raise DnaInputError(f"{path}: line {line_no}: a BED line needs 3 columns (chrom, start, end), "
                                     f"got {len(fields)}")
@@ -301,9 +369,9 @@ def read_bed(path: str | Path, fasta: FastaCollection, split_column: int | None 
                 start, end = int(fields[1]), int(fields[2])
             except ValueError:
                 raise DnaInputError(f"{path}: line {line_no}: start and end must be integers, got "
-                                    f"{fields[1]!r} and {fields[2]!r}") from None
+                                    f"{_show(fields[1])} and {_show(fields[2])}") from None
             if name not in fasta:
-                raise DnaInputError(f"{path}: line {line_no}: record '{name}' is in none of the FASTA files")
+                raise DnaInputError(f"{path}: line {line_no}: record {_show(name)} is in none of the FASTA files")
             length = fasta.length(name)
             if not 0 <= start < end <= length:
                 raise DnaInputError(f"{path}: line {line_no}: interval {name}:{start}-{end} lies outside the "

@@ -60,22 +60,36 @@ def soft_mask_positions(seq: str | bytes) -> np.ndarray:
     return _IS_LOWER[_as_bytes(seq)]
 
 
+def _out_of_range(got: str) -> ValueError:
+    return ValueError(f"token ids must lie in [0, {VOCAB_SIZE}), got {got}")
+
+
 def decode(ids: np.ndarray | torch.Tensor | list[int], keep_special: bool = False) -> str:
-    """Token ids -> text; special tokens are dropped unless `keep_special`."""
-    ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).ravel()
+    """Token ids -> text; special tokens are dropped unless `keep_special`. Ids outside the
+    vocabulary raise ValueError."""
+    try:
+        ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).ravel()
+    except OverflowError:  # a Python int beyond int64 is out of the vocabulary too
+        raise _out_of_range("one beyond int64") from None
     if ids.size and (ids.min() < 0 or ids.max() >= VOCAB_SIZE):
-        raise ValueError(f"token ids must lie in [0, {VOCAB_SIZE}), got {ids.min()}..{ids.max()}")
+        raise _out_of_range(f"{ids.min()}..{ids.max()}")
     if not keep_special:
         ids = ids[ids >= A]
     return "".join(_DECODE[ids])
 
 
 def reverse_complement(ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """Reverse complement along the last axis; N and special tokens map to themselves."""
+    """Reverse complement along the last axis; N and special tokens map to themselves. Ids outside
+    the vocabulary raise ValueError (a negative id would otherwise index the table from its end)."""
     if isinstance(ids, torch.Tensor):
+        if ids.numel() and bool(((ids < 0) | (ids >= VOCAB_SIZE)).any()):
+            raise _out_of_range(f"{ids.min().item()}..{ids.max().item()}")
         table = torch.as_tensor(_COMPLEMENT, device=ids.device)
         return table[ids.long()].flip(-1).to(ids.dtype)
-    return _COMPLEMENT[np.asarray(ids)][..., ::-1].copy()
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= VOCAB_SIZE):
+        raise _out_of_range(f"{ids.min()}..{ids.max()}")
+    return _COMPLEMENT[ids][..., ::-1].copy()
 
 
 class DnaTokenizer:
