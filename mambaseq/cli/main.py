@@ -213,11 +213,12 @@ def train_dna_command(
     Example: mambaseq train dna --fasta genome.fa.gz --bed regions.bed --out runs/my-genome
     """
     from ..tasks.dna.train import DnaTrainConfig, train_dna
+    from ..training.guards import NonFiniteError
 
     _quiet_lightning()
     overrides = _overrides(set_, fasta=fasta or None, bed=bed, out=out, seq_len=seq_len, batch_size=batch_size,
                            max_steps=max_steps, lr=lr, model=model, seed=seed, resume=resume or None)
-    with _one_line_errors(TypeError, ValueError):
+    with _one_line_errors(TypeError, ValueError, NonFiniteError):
         cfg = DnaTrainConfig.from_recipe(recipe, **overrides)
         console = Console(stderr=True)
         result = train_dna(cfg, log=lambda line: console.print(f"[bold]mambaseq train dna[/]: {line}"))
@@ -340,12 +341,13 @@ def classify_train_command(
     Example: mambaseq classify train --species dmel=dmel.fa.gz --species dsim=dsim.fa.gz --seq-len 16384 --out runs/fly
     """
     from ..tasks.dna.classify import ClassifyConfig, train_classifier
+    from ..training.guards import NonFiniteError
 
     _quiet_lightning()
     overrides = _overrides(set_, species=species or None, manifest=manifest, init_from=init_from, out=out,
                            seq_len=seq_len, pooling=pooling, batch_size=batch_size, max_steps=max_steps, lr=lr,
                            model=model, seed=seed, resume=resume or None)
-    with _one_line_errors(TypeError, ValueError):
+    with _one_line_errors(TypeError, ValueError, NonFiniteError):
         cfg = ClassifyConfig.from_recipe(recipe, **overrides)
         console = Console(stderr=True)
         result = train_classifier(cfg, log=lambda line: console.print(f"[bold]mambaseq classify train[/]: {line}"))

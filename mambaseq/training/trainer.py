@@ -1,12 +1,14 @@
 """What every training command shares: the recipe fields, and one Lightning run built from them
-(step-based validation, atomic checkpoints keeping the last k plus last.ckpt for --resume, CSV and
-TensorBoard logs, a Rich progress bar)."""
+(step-based validation, atomic checkpoints keeping the last k plus last.ckpt for --resume, per-step
+seeding so a resumed run matches an uninterrupted one, a guard against NaN/inf losses and gradients,
+CSV and TensorBoard logs, a Rich progress bar)."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..recipe import Recipe
 from .checkpoint_io import AtomicCheckpointIO
+from .guards import NONFINITE_MODES, NonFiniteGuard, StepSeed
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TrainRecipe(Recipe):
     accelerator: str = "auto"
     devices: int | str = "auto"
     seed: int = 0
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop the run (naming the step), or "skip" the step
     resume: bool = False
     progress: bool = True
 
@@ -61,7 +65,8 @@ class TrainRecipe(Recipe):
             dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
             every_n_train_steps=self.checkpoint_every, save_top_k=self.keep_checkpoints, monitor="step", mode="max",
             save_last=True)
-        callbacks = [checkpoints, L.pytorch.callbacks.LearningRateMonitor("step")]
+        callbacks = [checkpoints, L.pytorch.callbacks.LearningRateMonitor("step"), StepSeed(self.seed),
+                     NonFiniteGuard(self.on_nonfinite)]
         if self.progress:
             callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
         loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version="")]
@@ -79,6 +84,9 @@ class TrainRecipe(Recipe):
         """Train `module` in the run folder `out` (train_config.json written there; resumed from
         last.ckpt when `resume`), then return the trainer and the validation `metric` at the last step
         (one more validation pass when the last step was not a validation step)."""
+        if self.on_nonfinite not in NONFINITE_MODES:
+            raise self.input_error(f"on_nonfinite must be one of {', '.join(NONFINITE_MODES)}, "
+                                   f"got {self.on_nonfinite!r}")
         run_dir = Path(self.out)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "train_config.json").write_text(
@@ -86,15 +94,32 @@ class TrainRecipe(Recipe):
         last = run_dir / "checkpoints" / "last.ckpt"
         if self.resume and not last.exists():
             raise self.input_error(f"--resume: no checkpoint at {last}")
+        if self.resume:
+            keep_earlier_logs(run_dir / "logs" / "metrics.csv")
+            for partial in last.parent.glob(".*.tmp"):  # a checkpoint write the crash cut short
+                partial.unlink()
         trainer = self.trainer(run_dir)
         valid_loader = DataLoader(valid_data, batch_size=valid_batch_size)
-        trainer.fit(module, train_dataloaders=DataLoader(train_data, batch_size=None, num_workers=self.num_workers),
-                    val_dataloaders=valid_loader, ckpt_path=str(last) if self.resume else None)
+        with warnings.catch_warnings():
+            if self.resume:  # expected then; and keep_earlier_logs moved the log Lightning warns it deletes
+                warnings.filterwarnings("ignore", r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
+            trainer.fit(module, train_dataloaders=DataLoader(train_data, batch_size=None,
+                                                             num_workers=self.num_workers),
+                        val_dataloaders=valid_loader, ckpt_path=str(last) if self.resume else None)
         value = trainer.callback_metrics.get(metric)
         if value is None or trainer.global_step % max(1, self.val_every):
             trainer.validate(module, valid_loader, verbose=False)
             value = trainer.callback_metrics[metric]
         return trainer, float(value)
+
+
+def keep_earlier_logs(metrics: Path) -> None:
+    """Lightning's CSV logger deletes an existing metrics.csv: keep it as metrics.N.csv (first free N)."""
+    if metrics.exists():
+        n = 1
+        while metrics.with_suffix(f".{n}.csv").exists():
+            n += 1
+        metrics.rename(metrics.with_suffix(f".{n}.csv"))
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from safetensors.torch import load_file
@@ -50,6 +52,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert main(["train", "dna", "--out", str(tmp_path / "run"), *FAST, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_diverging_run_stops_with_one_line_naming_the_step(tmp_path, genome, capsys):
+    # An absurd learning rate blows the weights up in the first step: the next loss is NaN.
+    out = tmp_path / "run"
+    assert main(["train", "dna", "--fasta", str(genome), "--out", str(out), *FAST, "--lr", "1e38"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"mambaseq: error: training stopped at step \d+: the (loss|gradient norm) is .*",
+                        err.strip().splitlines()[-1])
+    assert "Traceback" not in err and not (out / "model").exists()
 
 
 def test_resume_after_a_crash_gives_the_same_weights(tmp_path, genome, monkeypatch):
