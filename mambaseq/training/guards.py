@@ -74,7 +74,8 @@ class NonFiniteGuard(L.Callback):
         # With fp16's GradScaler, inf gradients are part of finding the scale: the scaler skips those
         # steps itself, so only the loss is checked then.
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        norm = torch.nn.utils.get_total_norm(grads) if grads and scaler is None else torch.zeros(())
+        norm = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+                if grads and scaler is None else torch.zeros(()))
         # One host sync per step for both figures.
         loss_value, norm_value = torch.stack([loss.float().reshape(()), norm.float().to(loss.device)]).tolist()
         step = trainer.global_step
