@@ -5,9 +5,11 @@ from .classifier import MambaClassifier
 from .heads import POOLINGS, ClassificationHead, pool
 from .lm import MambaBackbone, MambaBlock, MambaLM
 from .mixer import MambaMixer
+from .sashimi import SASHIMI_PRESETS, SashimiCache, SashimiConfig, SashimiLM
 
 __all__ = [
     "POOLINGS",
+    "SASHIMI_PRESETS",
     "ClassificationHead",
     "InferenceCache",
     "LayerState",
@@ -16,5 +18,8 @@ __all__ = [
     "MambaClassifier",
     "MambaLM",
     "MambaMixer",
+    "SashimiCache",
+    "SashimiConfig",
+    "SashimiLM",
     "pool",
 ]
