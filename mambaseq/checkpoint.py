@@ -14,15 +14,20 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import MambaConfig
 from .fileio import atomic_write
-from .models import MambaClassifier, MambaLM
+from .models import MambaClassifier, MambaLM, SashimiConfig, SashimiLM
 
-Model = MambaLM | MambaClassifier
+Model = MambaLM | MambaClassifier | SashimiLM
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "mambaseq"
 FORMAT_VERSION = 1
-ARCHITECTURES = ("MambaLM", "MambaClassifier")
+# Architecture name (config.json's "architecture") -> the config class its "model" entry is read with.
+ARCHITECTURES: dict[str, type[MambaConfig] | type[SashimiConfig]] = {
+    "MambaLM": MambaConfig,
+    "MambaClassifier": MambaConfig,
+    "SashimiLM": SashimiConfig,
+}
 
 
 class CheckpointError(ValueError):
@@ -55,7 +60,7 @@ def save_pretrained(model: Model, directory: str | Path, metadata: dict[str, Any
 
 def _saved_state(model: Model) -> dict[str, torch.Tensor]:
     state = model.state_dict()
-    if isinstance(model, MambaLM) and model.config.tie_embeddings:
+    if isinstance(model, MambaLM | SashimiLM) and model.config.tie_embeddings:
         state.pop("lm_head.weight", None)  # the same tensor as the embedding
     return state
 
@@ -80,14 +85,14 @@ def read_model_dir(directory: str | Path) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {document['format_version']} is newer than this "
                               f"mambaseq ({__version__}) reads; upgrade mambaseq")
-    try:
-        document["config"] = MambaConfig.from_dict(document["model"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: {err}") from None
     architecture = document.get("architecture", "MambaLM")
     if architecture not in ARCHITECTURES:
         raise CheckpointError(f"{path}: unknown architecture {architecture!r} (this mambaseq reads "
                               f"{', '.join(ARCHITECTURES)})")
+    try:
+        document["config"] = ARCHITECTURES[architecture].from_dict(document["model"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: {err}") from None
     if architecture == "MambaClassifier" and not isinstance(document.get("head"), dict):
         raise CheckpointError(f"{path}: a MambaClassifier config needs a 'head' entry")
     document["architecture"] = architecture
@@ -98,6 +103,9 @@ def load_weights(model: Model, directory: str | Path, strict_config: bool = True
     """Load the weights of `directory` into `model`, checking the config first."""
     directory = Path(directory)
     saved = read_model_dir(directory)["config"]
+    if type(saved) is not type(model.config):
+        raise CheckpointError(f"{directory}: holds a model with a {type(saved).__name__}, not the "
+                              f"{type(model.config).__name__} of this {type(model).__name__}")
     if strict_config:
         differences = model.config.diff(saved)
         if differences:
@@ -137,13 +145,15 @@ def build_model(document: dict[str, Any]) -> Model:
             return MambaClassifier(document["config"], **{"norm": "none", **document["head"]})
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"invalid classifier head {document['head']!r}: {err}") from None
+    if document["architecture"] == "SashimiLM":
+        return SashimiLM(document["config"])
     return MambaLM(document["config"])
 
 
 def from_pretrained(directory: str | Path, device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None) -> Model:
-    """Build the model described by `directory`/config.json (a MambaLM or MambaClassifier) and load
-    its weights."""
+    """Build the model described by `directory`/config.json (a MambaLM, MambaClassifier or SashimiLM)
+    and load its weights."""
     model = build_model(read_model_dir(directory))
     load_weights(model, directory)
     if device is not None or dtype is not None:

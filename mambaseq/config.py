@@ -35,6 +35,9 @@ class MambaConfig:
     pad_vocab_size_multiple: int = 8
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
+    # False: time-invariant Δ, B, C (learned per channel, not computed from the input): the
+    # non-selective blocks of the seed paper's audio ablations (Section 4.4).
+    selective: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -48,6 +51,8 @@ class MambaConfig:
             problems.append(f"dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
         if not 0 < self.dt_min <= self.dt_max:
             problems.append(f"need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")
+        if not isinstance(self.selective, bool):
+            problems.append(f"selective must be true or false, got {self.selective!r}")
         if problems:
             raise ValueError("invalid MambaConfig: " + "; ".join(problems))
 

@@ -5,10 +5,12 @@ from .classifier import MambaClassifier
 from .heads import HEAD_NORMS, POOLINGS, ClassificationHead, pool
 from .lm import MambaBackbone, MambaBlock, MambaLM
 from .mixer import MambaMixer
+from .sashimi import SASHIMI_PRESETS, SashimiCache, SashimiConfig, SashimiLM
 
 __all__ = [
     "HEAD_NORMS",
     "POOLINGS",
+    "SASHIMI_PRESETS",
     "ClassificationHead",
     "InferenceCache",
     "LayerState",
@@ -17,5 +19,8 @@ __all__ = [
     "MambaClassifier",
     "MambaLM",
     "MambaMixer",
+    "SashimiCache",
+    "SashimiConfig",
+    "SashimiLM",
     "pool",
 ]

@@ -12,6 +12,7 @@ CONFIGS = {
     "tiny": MambaConfig.from_preset("tiny"),
     "tiny-wide-state": MambaConfig.from_preset("tiny", d_state=32, d_conv=2, n_layer=3),
     "tiny-untied-layernorm": MambaConfig.from_preset("tiny", tie_embeddings=False, rms_norm=False, bias=True),
+    "tiny-non-selective": MambaConfig.from_preset("tiny", selective=False),
 }
 
 
