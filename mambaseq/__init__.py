@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from .checkpoint import CheckpointError, from_pretrained, load_weights, save_pretrained
 from .config import PRESETS, MambaConfig
 from .generation import SamplingConfig, generate
-from .models import InferenceCache, MambaLM
+from .models import InferenceCache, MambaLM, SashimiConfig, SashimiLM
 
 __all__ = [
     "PRESETS",
@@ -14,6 +14,8 @@ __all__ = [
     "MambaConfig",
     "MambaLM",
     "SamplingConfig",
+    "SashimiConfig",
+    "SashimiLM",
     "__version__",
     "from_pretrained",
     "generate",
