@@ -380,3 +380,27 @@ def test_cli_info_model_json(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["head"]["num_classes"] == 3 and report["metadata"]["classes"] == ["a", "b", "c"]
     assert main(["info", "--model", str(tmp_path / "missing")]) == 2
+
+
+def test_cli_info_model_describes_a_unet_audio_model(tmp_path, capsys, monkeypatch):
+    from mambaseq.cli.main import main
+    from mambaseq.models.sashimi import SashimiConfig, SashimiLM
+    from mambaseq.tasks.audio import make_codec
+    from mambaseq.tasks.audio.model_dir import audio_metadata
+
+    monkeypatch.setenv("COLUMNS", "200")
+    config = SashimiConfig.from_preset("sashimi-tiny")
+    save_pretrained(SashimiLM(config), tmp_path, metadata=audio_metadata(8000, make_codec("linear", 6)))
+    assert main(["info", "--model", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"pools {config.pool}" in out and f"blocks per stage {config.n_layer}" in out
+    assert "8000 Hz, linear 6 bits" in out
+
+
+def test_cli_info_model_shows_the_classifier_head_norm(tmp_path, capsys, monkeypatch):
+    from mambaseq.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    save_pretrained(_classifier(), tmp_path, metadata={"task": "dna-classify"})
+    assert main(["info", "--model", str(tmp_path)]) == 0
+    assert "3 classes, last pooling, batch norm" in capsys.readouterr().out

@@ -66,6 +66,15 @@ def _progress(label: str, unit: str, total: int | None = None) -> Iterator[Calla
         yield lambda n: progress.advance(task, n)
 
 
+def _size(config: dict[str, Any]) -> str:
+    """One line of a model config: blocks and widths (per stage for a multi-scale U-Net)."""
+    if "pool" in config:  # SashimiConfig: n_layer per stage, widths growing by pool_expand per pooling
+        return (f"U-Net, pools {config['pool']}, blocks per stage {config['n_layer']}, d_model {config['d_model']} "
+                f"(x{config['pool_expand']} per pool), d_state {config['d_state']}, vocab {config['vocab_size']}")
+    return (f"{config['n_layer']} blocks x d_model {config['d_model']}, d_state {config['d_state']}, "
+            f"vocab {config['vocab_size']}")
+
+
 def _model_option() -> Any:
     return typer.Option(..., "--model", help="Model folder (config.json + model.safetensors).")
 
@@ -141,13 +150,17 @@ def _describe_model(directory: str, as_json: bool) -> None:
     config, metadata = report["model"], report["metadata"]
     rows = {"folder": report["path"], "architecture": report["architecture"],
             "task": metadata.get("task", "(not recorded)"),
-            "size": f"{config['n_layer']} blocks x d_model {config['d_model']}, d_state {config['d_state']}, "
-                    f"vocab {config['vocab_size']}",
+            "size": _size(config),
             "parameters": f"{report['parameters']:,} in {report['tensors']} tensors ({', '.join(report['dtypes'])})",
             "written by": f"mambaseq {report['mambaseq_version']} (format {report['format_version']})"}
     if report["head"]:
-        rows["head"] = f"{report['head']['num_classes']} classes, {report['head']['pooling']} pooling"
-    for key in ("classes", "seq_len", "steps", "valid_bits_per_base", "valid_accuracy", "test_accuracy"):
+        head = report["head"]
+        rows["head"] = f"{head['num_classes']} classes, {head['pooling']} pooling, {head.get('norm', 'none')} norm"
+    if isinstance(metadata.get("codec"), dict):
+        rows["audio"] = (f"{metadata.get('sample_rate', '?')} Hz, {metadata['codec'].get('name')} "
+                         f"{metadata['codec'].get('bits')} bits")
+    for key in ("classes", "seq_len", "steps", "valid_bits_per_base", "valid_bits_per_sample", "valid_accuracy",
+                "test_accuracy"):
         if key in metadata:
             value = metadata[key]
             rows[key] = ", ".join(value) if isinstance(value, list) else f"{value:.4f}" \
