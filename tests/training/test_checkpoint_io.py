@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
 
+from mambaseq.checkpoint import CheckpointError
 from mambaseq.training.checkpoint_io import AtomicCheckpointIO
 
 
@@ -27,5 +26,14 @@ def test_round_trip_of_tensors_and_plain_containers(tmp_path):
 
 def test_a_checkpoint_holding_an_arbitrary_object_is_refused(tmp_path):
     torch.save({"state_dict": {}, "extra": Payload()}, tmp_path / "bad.ckpt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"bad\.ckpt: refused to load.*Payload") as err:
         AtomicCheckpointIO().load_checkpoint(tmp_path / "bad.ckpt")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
+def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, content):
+    (tmp_path / "junk.ckpt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt: not a readable checkpoint") as err:
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "junk.ckpt")
+    assert "\n" not in str(err.value)

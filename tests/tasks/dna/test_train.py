@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from mambaseq import from_pretrained
@@ -121,3 +123,17 @@ def test_a_yaml_recipe_file(tmp_path):
     path.write_text("seq_len: 128\nlr: 1.0e-3\n")
     cfg = DnaTrainConfig.from_recipe(str(path), lr=2e-3)
     assert (cfg.seq_len, cfg.lr) == (128, 2e-3)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (lambda path: torch.save({"state_dict": {}, "where": Path(".")}, path), "refused to load"),
+    (lambda path: path.write_bytes(b"garbage"), "not a readable checkpoint"),
+])
+def test_resume_from_an_unsafe_or_damaged_checkpoint_is_one_line(tmp_path, genome, capsys, content, message):
+    out = tmp_path / "run"
+    assert main(["train", "dna", "--fasta", str(genome), "--out", str(out), *FAST]) == 0
+    content(out / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    assert main(["train", "dna", "--fasta", str(genome), "--out", str(out), *FAST, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1] and "Traceback" not in err
