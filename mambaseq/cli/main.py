@@ -299,6 +299,70 @@ def generate_dna_command(
     typer.echo(f"wrote {len(records)} sequences of {length} bases to {out}")
 
 
+@contextmanager
+def _audio_progress(per_stream: int, sizes: list[int], rate: int) -> Iterator[Callable[[int], None]]:
+    """A transient bar over the samples per stream (batches one after another), showing the
+    aggregate speed over all streams in samples/s and as a real-time factor (x faster than real
+    time at `rate`). Yields `update(done_per_stream)`."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = per_stream * len(sizes)
+    start = time.perf_counter()
+    with Progress(TextColumn("generating"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} samples/clip"),
+                  TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), console=Console(stderr=True),
+                  transient=True) as progress:
+        task = progress.add_task("generating", total=total, speed="")
+
+        def update(done: int) -> None:
+            batch = min(done // per_stream, len(sizes) - 1)
+            aggregate = sum(sizes[:batch]) * per_stream + (done - batch * per_stream) * sizes[batch]
+            speed = aggregate / max(time.perf_counter() - start, 1e-9)
+            progress.update(task, completed=done,
+                            speed=f"{speed:,.0f} samples/s ({speed / rate:,.1f}x real time, {sum(sizes)} streams)")
+
+        yield update
+
+
+@generate_app.command("audio")
+def generate_audio_command(
+    model: str = _model_option(),
+    out: str = typer.Option("generated_audio", "--out", help="Folder for sample_000.wav ... and samples.json."),
+    n: int = typer.Option(8, "--n", help="Clips to generate."),
+    seconds: float = typer.Option(4.0, "--seconds", help="Seconds of new audio per clip (after the prompt)."),
+    prompt: str = typer.Option(None, "--prompt", help="Audio file to continue (every clip starts with it)."),
+    prompt_seconds: float = typer.Option(1.0, "--prompt-seconds", help="Seconds of --prompt to use, from its start."),
+    temperature: float = typer.Option(1.0, "--temperature", help="0 samples greedily."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest values (0: all)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1.0: off)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same files (on the same device and batch size)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Clips generated together (default: all of --n)."),
+    device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda when there is a GPU)."),
+) -> None:
+    """Generate raw audio in step mode, many clips at once (CUDA graphs on a GPU), written as WAV.
+
+    Example: mambaseq generate audio --model runs/audio/model --n 16 --seconds 4 --out samples/
+    """
+
+    from ..generation import SamplingConfig
+    from ..tasks.audio.data import AudioInputError
+    from ..tasks.audio.generate import JSON_NAME, batch_sizes, check_arguments, generate_audio
+    from ..tasks.audio.model_dir import check_audio_model
+
+    with _one_line_errors(AudioInputError, ValueError):
+        SamplingConfig(temperature, top_k, top_p)
+        check_arguments(n, seconds, prompt_seconds, batch_size)
+        rate = int(check_audio_model(model)["metadata"]["sample_rate"])
+        per_stream = max(1, round(seconds * rate))
+        with _audio_progress(per_stream, batch_sizes(n, batch_size), rate) as update:
+            records = generate_audio(model, out, n, seconds, prompt, prompt_seconds, temperature, top_k, top_p,
+                                     seed, batch_size, device, on_progress=update)
+    mean_bits = sum(r["bits_per_sample"] for r in records) / len(records)
+    typer.echo(f"wrote {len(records)} clips of {records[0]['seconds']:.2f} s to {out} "
+               f"(model: {mean_bits:.3f} bits/sample on average; details in {JSON_NAME})")
+
+
 embed_app = _group("embed", "Embed sequences with a model.")
 
 
