@@ -67,6 +67,15 @@ def test_eval_on_the_validation_windows_matches_training(trained):
     assert report["bits_per_sample"] == pytest.approx(result.valid_bits_per_sample, rel=1e-5)
 
 
+def test_eval_on_the_same_subset_of_validation_windows_matches_training(tmp_path, speakers_dir, fast):
+    cfg = AudioTrainConfig.from_recipe("audio-tiny-cpu", data=str(speakers_dir), out=str(tmp_path / "run"),
+                                       **{**fast, "max_steps": 2, "eval_windows": 3})
+    result = train_audio(cfg)
+    report = evaluate_audio(result.model_dir, split="valid", max_windows=3, device="cpu", batch_size=1)
+    assert report["windows"] == 3
+    assert report["bits_per_sample"] == pytest.approx(result.valid_bits_per_sample, rel=1e-5)
+
+
 def test_a_mamba_preset_trains_a_mamba_lm(tmp_path, speakers_dir, fast):
     cfg = AudioTrainConfig.from_recipe("audio-tiny-cpu", data=str(speakers_dir), out=str(tmp_path / "run"),
                                        model="tiny", **{**fast, "max_steps": 2})
