@@ -44,13 +44,15 @@ def _group(name: str, help_text: str) -> typer.Typer:
 
 @contextmanager
 def _one_line_errors(*extra: type[Exception]) -> Iterator[None]:
-    """Bad input (DnaInputError, CheckpointError, or the `extra` types) becomes a one-line UserError."""
+    """Bad input (DnaInputError, AudioInputError, CheckpointError, or the `extra` types) becomes a one-line
+    UserError."""
     from ..checkpoint import CheckpointError
+    from ..tasks.audio.data import AudioInputError
     from ..tasks.dna.fasta import DnaInputError
 
     try:
         yield
-    except (DnaInputError, CheckpointError, *extra) as err:
+    except (DnaInputError, AudioInputError, CheckpointError, *extra) as err:
         raise UserError(" ".join(str(err).split())) from None
 
 
@@ -73,6 +75,28 @@ def _size(config: dict[str, Any]) -> str:
                 f"(x{config['pool_expand']} per pool), d_state {config['d_state']}, vocab {config['vocab_size']}")
     return (f"{config['n_layer']} blocks x d_model {config['d_model']}, d_state {config['d_state']}, "
             f"vocab {config['vocab_size']}")
+
+
+@contextmanager
+def _skipped_files_as_lines(command: str) -> Iterator[None]:
+    """Each audio file skipped on loading as one line on stderr (not Python's two-line warning)."""
+    import warnings
+
+    from ..tasks.audio.data import SkippedAudioWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SkippedAudioWarning):
+            typer.echo(f"{command}: warning: {message}", err=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 def _model_option() -> Any:
@@ -239,6 +263,47 @@ def train_dna_command(
     typer.echo(f"model saved to: {result.model_dir}")
 
 
+@train_app.command("audio")
+def train_audio_command(
+    data: str = typer.Option(None, "--data", help="Folder of audio files (searched recursively) or a manifest "
+                             "(.txt/.tsv/.csv, one path per line); default: the bundled demo piano clips."),
+    out: str = typer.Option(None, "--out", help="Run folder: checkpoints, logs, and the exported model/."),
+    recipe: str = typer.Option("audio-tiny-cpu", "--recipe", "--config",
+                               help="Recipe name (audio-tiny-cpu, sc09, music) or a YAML file."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Window length in samples."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Windows per step at the full length."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
+    model: str = typer.Option(None, "--model", help="Model preset (sashimi-tiny, sashimi-sc09, or a Mamba preset "
+                              "such as sc09-6m)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of model init and window sampling."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
+    set_: list[str] = _set_option(),
+) -> None:
+    """Train a sample-level language model on raw audio (8-bit mu-law at 16 kHz by default).
+
+    With no arguments: a tiny SaShiMi on the bundled demo piano clips (2-3 minutes on a laptop CPU).
+    Split by speaker or piece with --set group_pattern=REGEX (its first group is the key).
+    Example: mambaseq train audio --data sc09/ --recipe sc09 --out runs/sc09
+    """
+    from ..tasks.audio.train import AudioTrainConfig, load_data, train_audio
+    from ..training.guards import NonFiniteError
+
+    _quiet_lightning()
+    overrides = _overrides(set_, data=data, out=out, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
+                           lr=lr, model=model, seed=seed, resume=resume or None)
+    with _one_line_errors(TypeError, ValueError, NonFiniteError), _skipped_files_as_lines("mambaseq train audio"):
+        cfg = AudioTrainConfig.from_recipe(recipe, **overrides)
+        cfg.check()
+        with _progress("loading audio", "files") as advance:
+            loaded = load_data(cfg, on_file=advance)
+        console = Console(stderr=True)
+        result = train_audio(cfg, log=lambda line: console.print(f"[bold]mambaseq train audio[/]: {line}"),
+                             data=loaded)
+    typer.echo(f"validation bits/sample: {result.valid_bits_per_sample:.4f} after {result.steps} steps")
+    typer.echo(f"model saved to: {result.model_dir}")
+
+
 eval_app = _group("eval", "Evaluate a model.")
 
 
@@ -265,6 +330,41 @@ def eval_dna_command(
     else:
         typer.echo(f"bits/base {result['bits_per_base']:.4f}  perplexity {result['perplexity']:.4f}  "
                    f"({result['windows']} windows of {result['seq_len']}, {result['tokens']} bases)")
+
+
+@eval_app.command("audio")
+def eval_audio_command(
+    model: str = _model_option(),
+    data: str = typer.Option(None, "--data", help="Folder, manifest or audio file to score (default: the test "
+                             "split of the model's own training data)."),
+    split: str = typer.Option(None, "--split", help="test | valid | train | all (default: test on the model's "
+                              "data, all on --data)."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Window length in samples (default: the training length)."),
+    max_windows: int = typer.Option(None, "--max-windows", help="Evaluate a fixed random subset of windows."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    plots: str = typer.Option(None, "--plots", help="Folder for waveform + spectrogram PNGs of the scored files "
+                              "(the first 8)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures (and per-file bits) as JSON."),
+) -> None:
+    """Bits and nats per sample of an audio model on held-out files (read with the model's rate and codec).
+
+    Example: mambaseq eval audio --model runs/audio/model --json
+    Example: mambaseq eval audio --model runs/sc09/model --data more-digits/ --plots runs/sc09/plots
+    """
+    from ..tasks.audio.evaluate import evaluate_audio, plot_audio
+
+    with _one_line_errors(), _skipped_files_as_lines("mambaseq eval audio"):
+        with _progress("evaluating", "windows") as advance:
+            result = evaluate_audio(model, data, split, max_windows, batch_size, on_window=advance, seq_len=seq_len)
+        written = plot_audio([row["file"] for row in result["per_file"][:8]], plots) if plots else []
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"bits/sample {result['bits_per_sample']:.4f}  nats/sample {result['nats_per_sample']:.4f}  "
+                   f"({result['split']}: {result['files']} files, {result['seconds']:.1f} s; {result['windows']} "
+                   f"windows of {result['seq_len']} samples)")
+    if written:
+        typer.echo(f"{len(written)} plots written to: {plots}", err=as_json)
 
 
 generate_app = _group("generate", "Sample from a model.")

@@ -1,0 +1,116 @@
+"""Lightning module for next-sample prediction on quantized audio, with a SashimiLM or a MambaLM."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from ..config import MambaConfig
+from ..models import MambaLM, SashimiConfig, SashimiLM
+from ..models.lm import MambaBlock
+from .optim import configure_optimizers
+
+# Architecture name (as config.json's "architecture") -> (config class, model class).
+AUDIO_ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
+    "MambaLM": (MambaConfig, MambaLM),
+    "SashimiLM": (SashimiConfig, SashimiLM),
+}
+
+
+def build_audio_lm(architecture: str, model_config: dict[str, Any]) -> MambaLM | SashimiLM:
+    """An untrained MambaLM or SashimiLM from its architecture name and config dict."""
+    if architecture not in AUDIO_ARCHITECTURES:
+        raise ValueError(f"unknown audio architecture {architecture!r}; choose one of "
+                         f"{', '.join(AUDIO_ARCHITECTURES)}")
+    config_cls, model_cls = AUDIO_ARCHITECTURES[architecture]
+    return model_cls(config_cls.from_dict(model_config))
+
+
+def checkpoint_mamba_blocks(model: nn.Module) -> None:
+    """Activation checkpointing of every Mamba block, wherever it sits (a flat stack or the stages of a
+    U-Net): each keeps only its input and recomputes the rest in backward. Streaming calls (with a
+    state) and no-grad calls run as before."""
+    for block in model.modules():
+        if not isinstance(block, MambaBlock):
+            continue
+        forward = block.forward
+
+        def checkpointed(residual, state=None, forward=forward):
+            if state is not None or not torch.is_grad_enabled():
+                return forward(residual, state)
+            return torch.utils.checkpoint.checkpoint(forward, residual, use_reentrant=False)
+
+        block.forward = checkpointed
+
+
+def masked_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(summed next-sample NLL in nats, number of predicted samples) of windows `ids` (batch, L + 1).
+
+    Logits of ids[:, :-1] predict ids[:, 1:]; only targets where `mask[:, 1:]` is True count, so the
+    silence a short window is padded with never enters the loss. Windows are real samples followed by
+    padding, and the model is causal, so the padding does not change any counted logit either.
+    """
+    logits = model(ids[:, :-1])[..., : model.config.vocab_size]
+    keep = mask[:, 1:]
+    nll = F.cross_entropy(logits[keep].float(), ids[:, 1:][keep], reduction="sum")
+    return nll, int(keep.sum())
+
+
+class AudioLMModule(L.LightningModule):
+    """Batches are `(ids (batch, L + 1) int64, mask (batch, L + 1) bool)` windows of quantized samples.
+
+    Logs the training loss (nats per predicted sample), bits per sample and samples per second;
+    validation reports val/bits_per_sample over all counted samples of all validation windows (summed
+    NLL over summed samples, not a mean of batch means).
+    """
+
+    def __init__(self, architecture: str, model_config: dict, lr: float = 2e-3, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, total_steps: int = 1000,
+                 min_lr_ratio: float = 0.1, checkpoint_activations: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_audio_lm(architecture, model_config)
+        if checkpoint_activations:
+            checkpoint_mamba_blocks(self.model)
+        self._tic: float | None = None
+        self._val = torch.zeros(2, dtype=torch.float64)  # summed NLL (nats), counted samples
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        ids, mask = batch
+        nll, samples = masked_nll(self.model, ids, mask)
+        loss = nll / max(samples, 1)
+        now = time.perf_counter()
+        if self._tic is not None:
+            self.log("samples/s", samples / max(now - self._tic, 1e-9), prog_bar=True, on_step=True)
+        self._tic = now
+        self.log("train/loss", loss, on_step=True)
+        self.log("bits/sample", loss / math.log(2), prog_bar=True, on_step=True)
+        self.log("seq_len", float(ids.shape[1] - 1), on_step=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val.zero_()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        ids, mask = batch
+        nll, samples = masked_nll(self.model, ids, mask)
+        self._val += torch.tensor([nll.item(), samples], dtype=torch.float64)
+
+    def on_validation_epoch_end(self) -> None:
+        totals = self._val.to(self.device)
+        if self.trainer.world_size > 1:  # every rank scored its share of the windows: add them up
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        nll, samples = totals.tolist()
+        if samples:
+            self.log("val/bits_per_sample", nll / samples / math.log(2), prog_bar=True)
+        self._tic = None  # validation time is not training throughput
+
+    def configure_optimizers(self):
+        return configure_optimizers(self.model, self.hparams)
