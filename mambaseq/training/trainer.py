@@ -11,6 +11,7 @@ import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ class TrainRecipe(Recipe):
     warmup_stage_steps: int = 100
     batch_size: int = 8  # windows per step at the full length (tokens per step stay constant)
     max_steps: int = 300
+    max_minutes: float | None = None  # wall-clock limit: stop there (then validate and export as at max_steps)
     lr: float = 8e-3
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -74,6 +76,7 @@ class TrainRecipe(Recipe):
             loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=""))
         return L.Trainer(
             max_steps=self.max_steps, val_check_interval=min(self.val_every, self.max_steps),
+            max_time=None if self.max_minutes is None else timedelta(minutes=self.max_minutes),
             check_val_every_n_epoch=None, precision=resolve_precision(self.precision, self.accelerator),
             accelerator=self.accelerator, devices=self.devices, gradient_clip_val=self.grad_clip, callbacks=callbacks,
             logger=loggers, plugins=[AtomicCheckpointIO()], enable_progress_bar=self.progress,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,18 @@ def test_resume_from_an_unsafe_or_damaged_checkpoint_is_one_line(tmp_path, genom
     assert main(["train", "dna", "--fasta", str(genome), "--out", str(out), *FAST, "--resume"]) == 2
     err = capsys.readouterr().err
     assert message in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_a_time_limit_stops_early_and_still_exports(tmp_path, genome, monkeypatch):
+    original = windows.TrainBatches.batch
+
+    def slow(self, step):
+        time.sleep(0.5)
+        return original(self, step)
+
+    monkeypatch.setattr(windows.TrainBatches, "batch", slow)
+    result = train_dna(DnaTrainConfig.from_recipe(
+        "tiny-cpu", fasta=[str(genome)], out=str(tmp_path / "run"), seq_len=64, batch_size=4, max_steps=1000,
+        val_every=1000, checkpoint_every=1000, progress=False, max_val_windows=4, max_minutes=0.05))
+    assert 0 < result.steps < 1000
+    assert np.isfinite(result.valid_bits_per_base) and (result.model_dir / "model.safetensors").exists()
