@@ -227,6 +227,29 @@ def _set_option() -> Any:
     return typer.Option(None, "--set", help="Override any recipe field: --set valid_fraction=0.1 (YAML value syntax).")
 
 
+def _devices_option() -> Any:
+    return typer.Option(None, "--devices", help="Devices per machine (default 1): a count, -1 or auto (all), or GPU "
+                        "ids (0,1). --batch-size stays the global batch.")
+
+
+def _num_nodes_option() -> Any:
+    return typer.Option(None, "--num-nodes", help="Machines (torchrun or SLURM start one process per device).")
+
+
+def _strategy_option() -> Any:
+    return typer.Option(None, "--strategy", help="auto | ddp | fsdp (Lightning strategy for several devices).")
+
+
+def _devices(value: str | None) -> int | str | None:
+    """--devices 2 -> 2; -1, auto and GPU ids ("0,1") as Lightning takes them."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
 @train_app.command("dna")
 def train_dna_command(
     fasta: list[str] = typer.Option(None, "--fasta", help="FASTA files (plain, .gz or bgzip); default: the bundled "
@@ -242,23 +265,31 @@ def train_dna_command(
     model: str = typer.Option(None, "--model", help="Model preset (tiny, dna-1.4m, dna-7m)."),
     seed: int = typer.Option(None, "--seed", help="Seed of model init and window sampling."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
+    devices: str = _devices_option(),
+    num_nodes: int = _num_nodes_option(),
+    strategy: str = _strategy_option(),
     set_: list[str] = _set_option(),
 ) -> None:
     """Pretrain a nucleotide-level Mamba LM on FASTA files.
 
     With no arguments: the tiny recipe on the bundled yeast genome (a few minutes on a laptop CPU).
     Example: mambaseq train dna --fasta genome.fa.gz --bed regions.bed --out runs/my-genome
+    Example: mambaseq train dna --recipe hg38-1.4m --fasta hg38.fa.gz --devices 4 --strategy ddp
     """
     from ..tasks.dna.train import DnaTrainConfig, train_dna
     from ..training.guards import NonFiniteError
+    from ..training.trainer import is_global_zero
 
     _quiet_lightning()
     overrides = _overrides(set_, fasta=fasta or None, bed=bed, out=out, seq_len=seq_len, batch_size=batch_size,
-                           max_steps=max_steps, lr=lr, model=model, seed=seed, resume=resume or None)
+                           max_steps=max_steps, lr=lr, model=model, seed=seed, resume=resume or None,
+                           devices=_devices(devices), num_nodes=num_nodes, strategy=strategy)
     with _one_line_errors(TypeError, ValueError, NonFiniteError):
         cfg = DnaTrainConfig.from_recipe(recipe, **overrides)
         console = Console(stderr=True)
         result = train_dna(cfg, log=lambda line: console.print(f"[bold]mambaseq train dna[/]: {line}"))
+    if not is_global_zero():  # the other ranks of a multi-device run: rank 0 reports
+        return
     typer.echo(f"validation bits/base: {result.valid_bits_per_base:.4f} after {result.steps} steps")
     typer.echo(f"model saved to: {result.model_dir}")
 
@@ -510,6 +541,9 @@ def classify_train_command(
     model: str = typer.Option(None, "--model", help="Model preset when training from scratch (tiny, dna-1.4m)."),
     seed: int = typer.Option(None, "--seed", help="Seed of model init, window sampling and the fixed windows."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
+    devices: str = _devices_option(),
+    num_nodes: int = _num_nodes_option(),
+    strategy: str = _strategy_option(),
     set_: list[str] = _set_option(),
 ) -> None:
     """Train a classifier that tells which species a DNA window comes from.
@@ -519,15 +553,19 @@ def classify_train_command(
     """
     from ..tasks.dna.classify import ClassifyConfig, train_classifier
     from ..training.guards import NonFiniteError
+    from ..training.trainer import is_global_zero
 
     _quiet_lightning()
     overrides = _overrides(set_, species=species or None, manifest=manifest, init_from=init_from, out=out,
                            seq_len=seq_len, pooling=pooling, batch_size=batch_size, max_steps=max_steps, lr=lr,
-                           model=model, seed=seed, resume=resume or None)
+                           model=model, seed=seed, resume=resume or None, devices=_devices(devices),
+                           num_nodes=num_nodes, strategy=strategy)
     with _one_line_errors(TypeError, ValueError, NonFiniteError):
         cfg = ClassifyConfig.from_recipe(recipe, **overrides)
         console = Console(stderr=True)
         result = train_classifier(cfg, log=lambda line: console.print(f"[bold]mambaseq classify train[/]: {line}"))
+    if not is_global_zero():  # the other ranks of a multi-device run: rank 0 reports
+        return
     typer.echo(f"validation accuracy: {result.valid_accuracy:.4f}; test accuracy: {result.test['accuracy']:.4f} "
                f"({result.test['windows']} windows) after {result.steps} steps")
     typer.echo(f"test report: {result.run_dir / 'test'}")

@@ -67,7 +67,10 @@ class ClassificationHead(nn.Module):
         # classes by far less than bf16's 3 significant digits.
         with torch.autocast(hidden.device.type, enabled=False):
             pooled = pool(hidden.float(), self.pooling, mask)
-            if self.training and pooled.shape[0] == 1 and self.norm_kind == "batch":
+            # Under SyncBatchNorm (several GPUs) the statistics span every rank's rows: one row here is
+            # not a batch of one.
+            if (self.training and pooled.shape[0] == 1 and self.norm_kind == "batch"
+                    and not isinstance(self.norm, nn.SyncBatchNorm)):
                 pooled = self._normalize_one(pooled)
             else:
                 pooled = self.norm(pooled)

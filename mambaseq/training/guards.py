@@ -22,7 +22,7 @@ class NonFiniteError(RuntimeError):
 
 
 class StepSeed(L.Callback):
-    """Seed torch's global RNG (dropout, ...) from (seed, step, rank) before every training step.
+    """Seed torch's global RNG (dropout, ...) from (seed, step, rank, micro-step) before every training step.
 
     Step s then draws the same random numbers whether the run went straight through or resumed from
     a checkpoint, as its data batch depends only on (seed, s). Saving the RNG state in checkpoints
@@ -36,6 +36,9 @@ class StepSeed(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         entropy = [self.seed, trainer.global_step, trainer.global_rank]
+        micro = batch_idx % trainer.accumulate_grad_batches
+        if micro:  # accumulated micro-steps draw different numbers (one micro-step: seeds as before)
+            entropy.append(micro)
         torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]))
 
 
@@ -76,8 +79,11 @@ class NonFiniteGuard(L.Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         norm = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
                 if grads and scaler is None else torch.zeros(()))
-        # One host sync per step for both figures.
-        loss_value, norm_value = torch.stack([loss.float().reshape(()), norm.float().to(loss.device)]).tolist()
+        # One host sync per step for both figures. Over several ranks, their mean: a non-finite value on
+        # any rank makes it non-finite on all, so they stop or skip the step together (a rank stopping
+        # alone would leave the others waiting for it).
+        figures = torch.stack([loss.float().reshape(()).to(pl_module.device), norm.float().to(pl_module.device)])
+        loss_value, norm_value = trainer.strategy.reduce(figures, reduce_op="mean").tolist()
         step = trainer.global_step
         if math.isfinite(loss_value) and math.isfinite(norm_value):
             self.consecutive = 0

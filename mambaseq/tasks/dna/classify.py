@@ -24,7 +24,7 @@ from ...metrics import classification_report, write_report
 from ...models import HEAD_NORMS, POOLINGS, MambaClassifier
 from ...sysinfo import default_device
 from ...training.classify_module import ClassifierModule
-from ...training.trainer import TrainRecipe, global_step
+from ...training.trainer import TrainRecipe, global_step, is_global_zero
 from .fasta import DnaInputError, FastaCollection, Interval, regions_of
 from .model_dir import check_dna_model, load_dna_model
 from .species import ClassifyBatches, Species, SpeciesGenomes, WindowSet, parse_species, read_manifest
@@ -61,7 +61,7 @@ class ClassifyConfig(TrainRecipe):
     valid_records: list[str] = field(default_factory=list)
     test_records: list[str] = field(default_factory=list)
     eval_windows: int = 32  # fixed validation and test windows per species
-    eval_batch_size: int | None = None  # default: batch_size
+    eval_batch_size: int | None = None  # windows per forward in evaluation; default: batch_size (per device)
     max_n_frac: float = 0.1
     rc_augment: bool = True
     soft_mask: str = "base"
@@ -94,11 +94,16 @@ class ClassifyTrainResult:
 
 def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = None) -> ClassifyTrainResult:
     """Train (or resume) a species classifier as `cfg` says, then report on the fixed test windows
-    (RUN_DIR/test/: metrics.json, confusion_matrix.json and .png) and export RUN_DIR/model."""
+    (RUN_DIR/test/: metrics.json, confusion_matrix.json and .png) and export RUN_DIR/model.
+
+    On several devices every rank trains; rank 0 alone logs, runs the test pass and writes the files,
+    the other ranks return once training ends (validation accuracy as rank 0, `test` empty).
+    """
     if cfg.pooling not in POOLINGS:
         raise DnaInputError(f"pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}")
     if cfg.head_norm not in HEAD_NORMS:
         raise DnaInputError(f"head_norm must be one of {', '.join(HEAD_NORMS)}, got {cfg.head_norm!r}")
+    cfg.check_distributed()  # before reading any data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     species = cfg.load_species()
     genomes = SpeciesGenomes(species, **cfg.split_kwargs())
@@ -115,13 +120,15 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
     valid = WindowSet(genomes, genomes.fixed_windows("valid", cfg.seq_len, cfg.eval_windows, cfg.seed,
                                                      cfg.max_n_frac, cfg.soft_mask), cfg.soft_mask)
     eval_batch = cfg.eval_batch_size or cfg.batch_size
-    if log is not None:
+    if log is not None and is_global_zero():
         origin = f"from {cfg.init_from}" if cfg.init_from else f"{cfg.model}, from scratch"
         log(f"{len(species)} species ({', '.join(genomes.names)}); {origin} ({model_config.n_layer} x "
             f"{model_config.d_model}); seq_len {cfg.seq_len}, batch {cfg.batch_size}, {cfg.max_steps} steps; "
             f"{len(valid)} validation windows")
-    trainer, accuracy = cfg.fit(module, batches, valid, eval_batch, "val/acc")
+    trainer, accuracy = cfg.fit(module, batches, valid, cfg.eval_batch_size, "val/acc")
     run_dir = Path(cfg.out)
+    if not trainer.is_global_zero:
+        return ClassifyTrainResult(accuracy, {}, run_dir / "model", run_dir, trainer.global_step)
     # Lightning hands the module back on the CPU after fit: the test pass goes back to the accelerator.
     device = torch.device(trainer.strategy.root_device)
     model = module.model.to(device).eval()

@@ -11,6 +11,7 @@ the file, the record and the line.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import gzip
 import hashlib
 import os
@@ -218,7 +219,12 @@ class FastaFile:
         self._open_args = (str(readable), str(index_dir / f"{stem}.fai"),
                            str(index_dir / f"{stem}.gzi") if self.compression == "bgzip" else None)
         try:
-            self.reopen()
+            # Ranks started together (torchrun, SLURM) open the same files at once: one of them builds a
+            # missing index while the others wait, rather than read it half-written. The lock is on the
+            # sequence file itself (advisory: reads go on), so no lock file is left behind.
+            with open(readable, "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self.reopen()
         except (pyfaidx.FastaIndexingError, OSError, ValueError) as err:
             raise DnaInputError(f"{self.path}: cannot index ({' '.join(str(err).split())})") from None
         self._lengths = {r.name: r.length for r in self.records}

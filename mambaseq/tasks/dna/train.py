@@ -18,7 +18,7 @@ import lightning as L
 from ...checkpoint import save_pretrained
 from ...config import MambaConfig
 from ...training.lm_module import CausalLMModule
-from ...training.trainer import TrainRecipe, global_step
+from ...training.trainer import TrainRecipe, global_step, is_global_zero
 from .fasta import DnaInputError, FastaCollection, read_bed
 from .tokenizer import VOCAB_SIZE, DnaTokenizer
 from .windows import TrainBatches, ValidWindows, WindowSampler, length_schedule, split_regions
@@ -66,7 +66,10 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
     """Train (or resume) a DNA LM as `cfg` says; returns validation bits/base and the model folder.
 
     `log` receives a one-line summary once the data is checked and training starts.
+    On several devices every rank runs this; rank 0 alone logs and writes the model folder, the other
+    ranks return the same figures once training ends.
     """
+    cfg.check_distributed()  # before reading any data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     fasta_paths = cfg.fasta or bundled_genome()
     fasta = FastaCollection(fasta_paths)
@@ -80,11 +83,13 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
                                  first_step=global_step(module))
     valid = ValidWindows(fasta, regions.valid, cfg.seq_len, cfg.max_val_windows, cfg.max_n_frac, cfg.soft_mask,
                          cfg.seed)
-    if log is not None:
+    if log is not None and is_global_zero():
         data = ", ".join(map(str, cfg.fasta)) if cfg.fasta else "bundled yeast chromosome I (3 species)"
         log(f"{describe(cfg)}; {len(fasta.records)} records from {data}; {len(valid)} validation windows")
-    trainer, bits = cfg.fit(module, train_batches, valid, max(1, cfg.batch_size), "val/bits_per_base")
+    trainer, bits = cfg.fit(module, train_batches, valid, None, "val/bits_per_base")
     run_dir = Path(cfg.out)
+    if not trainer.is_global_zero:
+        return DnaTrainResult(bits, run_dir / "model", run_dir, trainer.global_step)
     metadata = {"task": "dna-lm", **DnaTokenizer(cfg.soft_mask).to_dict(), "seq_len": cfg.seq_len,
                 "fasta": [str(p) for p in fasta_paths], "steps": trainer.global_step,
                 "valid_bits_per_base": bits}
@@ -94,5 +99,7 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
 
 def describe(cfg: DnaTrainConfig) -> str:
     mc = cfg.model_config()
-    return (f"{cfg.model} ({mc.n_layer} x {mc.d_model}), seq_len {cfg.seq_len}, batch {cfg.batch_size}, "
+    devices = "" if cfg.devices == 1 and cfg.num_nodes == 1 else \
+        f" over {cfg.devices} devices x {cfg.num_nodes} nodes"
+    return (f"{cfg.model} ({mc.n_layer} x {mc.d_model}), seq_len {cfg.seq_len}, batch {cfg.batch_size}{devices}, "
             f"{cfg.max_steps} steps, {math.ceil(cfg.max_steps * cfg.batch_size * cfg.seq_len / 1e6)}M tokens")
