@@ -3,7 +3,7 @@
 # piece), then test NLL in bits/sample, a few generated clips and their spectrograms.
 #   benchmarks/audio_quality.sh DIGITS_DIR PIANO_DIR OUT [DIGIT_STEPS] [PIANO_STEPS] [DIGIT_MIN] [PIANO_MIN]
 # DIGITS_DIR from shared/data/make-digits.sh (files <digit>_<engine>-<voice>_r<k>.wav);
-# PIANO_DIR from shared/data/make-piano.py (one file per piece). Each training run also stops at a
+# PIANO_DIR from shared/data/make-piano.py (one file per piece; "-" skips the piano run). Each training run also stops at a
 # wall-clock limit in minutes (max_minutes), then validates and exports as at its last step.
 set -euo pipefail
 digits=$1; piano=$2; out=$3; digit_steps=${4:-1500}; piano_steps=${5:-400}; digit_min=${6:-4.5}; piano_min=${7:-2.5}
@@ -21,6 +21,8 @@ mambaseq eval audio --model "$out/digits/model" --json > "$out/digits_test.json"
 mambaseq generate audio --model "$out/digits/model" --n 4 --seconds 1 --seed 0 --out "$out/digits/samples"
 mambaseq eval audio --model "$out/digits/model" --data "$out/digits/samples" --plots "$out/digits/plots" --json \
     > "$out/digits_samples.json"
+
+[ "$piano" = "-" ] && exit 0  # PIANO_DIR "-": the digits only
 
 # Long context: recipe music (sashimi-sc09 at 2^16-sample windows here, length warmup from 2^13).
 mambaseq train audio --data "$piano" --recipe music --out "$out/piano" --max-steps "$piano_steps" \
