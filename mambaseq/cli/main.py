@@ -83,12 +83,14 @@ def _skipped_files_as_lines(command: str) -> Iterator[None]:
     import warnings
 
     from ..tasks.audio.data import SkippedAudioWarning
+    from ..training.trainer import is_global_zero
 
     original = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, SkippedAudioWarning):
-            typer.echo(f"{command}: warning: {message}", err=True)
+            if is_global_zero():  # every rank of a multi-device run loads the files: report them once
+                typer.echo(f"{command}: warning: {message}", err=True)
         else:
             original(message, category, filename, lineno, file, line)
 
@@ -309,6 +311,9 @@ def train_audio_command(
                               "such as sc09-6m)."),
     seed: int = typer.Option(None, "--seed", help="Seed of model init and window sampling."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
+    devices: str = _devices_option(),
+    num_nodes: int = _num_nodes_option(),
+    strategy: str = _strategy_option(),
     set_: list[str] = _set_option(),
 ) -> None:
     """Train a sample-level language model on raw audio (8-bit mu-law at 16 kHz by default).
@@ -316,21 +321,29 @@ def train_audio_command(
     With no arguments: a tiny SaShiMi on the bundled demo piano clips (2-3 minutes on a laptop CPU).
     Split by speaker or piece with --set group_pattern=REGEX (its first group is the key).
     Example: mambaseq train audio --data sc09/ --recipe sc09 --out runs/sc09
+    Example: mambaseq train audio --data music/ --recipe music --devices 4 --strategy ddp --out runs/music
     """
     from ..tasks.audio.train import AudioTrainConfig, load_data, train_audio
     from ..training.guards import NonFiniteError
+    from ..training.trainer import is_global_zero
 
     _quiet_lightning()
     overrides = _overrides(set_, data=data, out=out, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
-                           lr=lr, model=model, seed=seed, resume=resume or None)
+                           lr=lr, model=model, seed=seed, resume=resume or None, devices=_devices(devices),
+                           num_nodes=num_nodes, strategy=strategy)
     with _one_line_errors(TypeError, ValueError, NonFiniteError), _skipped_files_as_lines("mambaseq train audio"):
         cfg = AudioTrainConfig.from_recipe(recipe, **overrides)
         cfg.check()
-        with _progress("loading audio", "files") as advance:
-            loaded = load_data(cfg, on_file=advance)
+        if is_global_zero():  # every rank loads the corpus; one progress bar
+            with _progress("loading audio", "files") as advance:
+                loaded = load_data(cfg, on_file=advance)
+        else:
+            loaded = load_data(cfg)
         console = Console(stderr=True)
         result = train_audio(cfg, log=lambda line: console.print(f"[bold]mambaseq train audio[/]: {line}"),
                              data=loaded)
+    if not is_global_zero():  # the other ranks of a multi-device run: rank 0 reports
+        return
     typer.echo(f"validation bits/sample: {result.valid_bits_per_sample:.4f} after {result.steps} steps")
     typer.echo(f"model saved to: {result.model_dir}")
 

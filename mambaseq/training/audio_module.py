@@ -15,6 +15,7 @@ from torch import nn
 from ..config import MambaConfig
 from ..models import MambaLM, SashimiConfig, SashimiLM
 from ..models.lm import MambaBlock
+from .lm_module import StepSums, reduce_sum
 from .optim import configure_optimizers
 
 # Architecture name (as config.json's "architecture") -> (config class, model class).
@@ -64,12 +65,18 @@ def masked_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple
 
 
 class AudioLMModule(L.LightningModule):
-    """Batches are `(ids (batch, L + 1) int64, mask (batch, L + 1) bool)` windows of quantized samples.
+    """Batches are `(ids (batch, L + 1) int64, mask (batch, L + 1) bool)` windows of quantized samples;
+    training batches may carry a third item, the counted samples of the whole global batch they are
+    a share of (AudioBatches adds it on several ranks or micro-steps).
 
-    Logs the training loss (nats per predicted sample), bits per sample and samples per second;
-    validation reports val/bits_per_sample over all counted samples of all validation windows (summed
-    NLL over summed samples, not a mean of batch means).
+    Logs the training loss (nats per predicted sample), bits per sample and samples per second of the
+    global batch (all ranks and micro-batches of the step, weighted by counted samples); validation
+    reports val/bits_per_sample over all counted samples of all validation windows of all ranks (summed
+    NLL over summed samples, not a mean of batch or rank means). Validation batches are
+    `((ids, mask), keep)` (see EvenSplit): rows with keep False are padding, run but not counted.
     """
+
+    VALIDATION_KEEP = True  # validation batches are (batch, keep): see EvenSplit
 
     def __init__(self, architecture: str, model_config: dict, lr: float = 2e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, total_steps: int = 1000,
@@ -81,35 +88,49 @@ class AudioLMModule(L.LightningModule):
             checkpoint_mamba_blocks(self.model)
         self._tic: float | None = None
         self._val = torch.zeros(2, dtype=torch.float64)  # summed NLL (nats), counted samples
+        self._step = StepSums()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        ids, mask = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        ids, mask = batch[0], batch[1]
         nll, samples = masked_nll(self.model, ids, mask)
-        loss = nll / max(samples, 1)
-        now = time.perf_counter()
-        if self._tic is not None:
-            self.log("samples/s", samples / max(now - self._tic, 1e-9), prog_bar=True, on_step=True)
-        self._tic = now
-        self.log("train/loss", loss, on_step=True)
-        self.log("bits/sample", loss / math.log(2), prog_bar=True, on_step=True)
-        self.log("seq_len", float(ids.shape[1] - 1), on_step=True)
+        # The one-device loss of a step is the NLL summed over the global batch over its counted samples
+        # N. Shares of it hold different numbers of counted samples (short files are padded), so a mean
+        # per share, averaged by DDP over ranks and by Lightning over micro-steps, would weight a sample
+        # of a padding-heavy share more. Instead each share returns its summed NLL x parts / N (parts =
+        # ranks x micro-steps): that averaging then gives exactly sum(NLL) / N, the one-device loss.
+        if len(batch) > 2:
+            parts = self.trainer.world_size * self.trainer.accumulate_grad_batches
+            loss = nll * parts / batch[2].clamp(min=1)
+        else:  # the whole global batch (one device, no accumulation)
+            loss = nll / max(samples, 1)
+        sums = self._step.add(self, batch_idx, [nll, torch.tensor(float(samples))])
+        if sums is not None:
+            now = time.perf_counter()
+            if self._tic is not None:
+                self.log("samples/s", sums[1] / max(now - self._tic, 1e-9), prog_bar=True, on_step=True)
+            self._tic = now
+            step_loss = (sums[0] / sums[1].clamp(min=1)).float()
+            self.log("train/loss", step_loss, on_step=True)
+            self.log("bits/sample", step_loss / math.log(2), prog_bar=True, on_step=True)
+            self.log("seq_len", float(ids.shape[1] - 1), on_step=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
         self._val.zero_()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        ids, mask = batch
+    def validation_step(self, batch: tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor], batch_idx: int) -> None:
+        (ids, mask), keep = batch
+        # Every row runs (see EvenSplit); padding rows are masked out, so none of their samples count.
+        mask = mask & keep.to(mask.device)[:, None]
         nll, samples = masked_nll(self.model, ids, mask)
         self._val += torch.tensor([nll.item(), samples], dtype=torch.float64)
 
     def on_validation_epoch_end(self) -> None:
-        totals = self._val.to(self.device)
-        if self.trainer.world_size > 1:  # every rank scored its share of the windows: add them up
-            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        nll, samples = totals.tolist()
+        # Every rank takes part in the sum, also one whose windows were all padding.
+        nll, samples = reduce_sum(self, list(self._val)).tolist()
         if samples:
-            self.log("val/bits_per_sample", nll / samples / math.log(2), prog_bar=True)
+            # The same value on every rank already; sync_dist only keeps Lightning from warning.
+            self.log("val/bits_per_sample", nll / samples / math.log(2), prog_bar=True, sync_dist=True)
         self._tic = None  # validation time is not training throughput
 
     def configure_optimizers(self):

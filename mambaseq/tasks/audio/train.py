@@ -19,7 +19,7 @@ from ...checkpoint import save_pretrained
 from ...config import PRESETS, MambaConfig
 from ...models import SASHIMI_PRESETS, SashimiConfig
 from ...training.audio_module import AudioLMModule
-from ...training.trainer import TrainRecipe, global_step
+from ...training.trainer import TrainRecipe, global_step, is_global_zero
 from ..dna.windows import length_schedule
 from .codec import Codec, make_codec
 from .data import AudioCorpus, AudioInputError, CorpusSummary, find_audio, split_files
@@ -86,6 +86,7 @@ class AudioTrainConfig(TrainRecipe):
 
     def check(self) -> None:
         """One-line errors for values no run can use, before any file is read."""
+        self.check_distributed()
         for name in ("sample_rate", "seq_len", "batch_size", "max_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -159,12 +160,14 @@ def train_audio(cfg: AudioTrainConfig, log: Callable[[str], None] | None = None,
 
     `data` is what `load_data(cfg)` returns (loaded here when not given, so a caller can show loading
     progress). `log` receives the corpus summary and a one-line description once training starts.
+    On several devices every rank runs this (and loads the corpus); rank 0 alone logs and writes the
+    model folder, the other ranks return the same figures once training ends.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = data or load_data(cfg)
     corpus = data.corpus
     used = {part: corpus.indices(files) for part, files in data.splits.items()}
-    if log is not None:
+    if log is not None and is_global_zero():
         log(f"loaded {describe_corpus(data.summary)} from {data.source}; "
             f"{', '.join(f'{part} {len(idx)}' for part, idx in used.items())} files")
     train_lengths = corpus.lengths[used["train"]] if used["train"] else corpus.lengths[:0]
@@ -178,16 +181,19 @@ def train_audio(cfg: AudioTrainConfig, log: Callable[[str], None] | None = None,
     architecture, model_config = cfg.model_config()
     module = AudioLMModule(architecture, model_config.to_dict(), **cfg.optimizer_kwargs())
     schedule = length_schedule(cfg.seq_len, cfg.warmup_start_len, cfg.warmup_stage_steps)
-    # Windows of L + 1 samples: L predictions each. Samples per step stay constant through the warmup.
-    train_batches = AudioBatches(corpus, lambda step: schedule(step) + 1, cfg.batch_size * (cfg.seq_len + 1),
-                                 cfg.seed, data.splits["train"], first_step=global_step(module))
+    # Windows of L + 1 samples: L predictions each (extra=1). Predicted samples per step stay constant
+    # through the warmup: batch_size x seq_len / L windows, which split_batch checks split over ranks.
+    train_batches = AudioBatches(corpus, lambda step: schedule(step) + 1, cfg.batch_size * cfg.seq_len,
+                                 cfg.seed, data.splits["train"], first_step=global_step(module), extra=1)
     valid = FixedWindows(corpus, data.splits["valid"], cfg.seq_len + 1, cfg.eval_windows, cfg.split_seed)
-    if log is not None:
+    if log is not None and is_global_zero():
         log(f"{describe(cfg)}; {len(valid)} validation windows")
     eval_batch = cfg.eval_batch_size or cfg.batch_size
     trainer, bits = cfg.fit(module, train_batches, valid, eval_batch, "val/bits_per_sample")
     run_dir = Path(cfg.out)
     files = {part: len(idx) for part, idx in used.items()}
+    if not trainer.is_global_zero:
+        return AudioTrainResult(bits, run_dir / "model", run_dir, trainer.global_step, data.summary, files)
     metadata = audio_metadata(
         cfg.sample_rate, corpus.codec, seq_len=cfg.seq_len, data=data_reference(cfg.data),
         split=split_metadata(cfg, data.group_pattern, files), eval_windows=cfg.eval_windows, model_preset=cfg.model,
@@ -221,6 +227,8 @@ def describe_corpus(summary: CorpusSummary) -> str:
 def describe(cfg: AudioTrainConfig) -> str:
     architecture, _ = cfg.model_config()
     seconds = cfg.max_steps * cfg.batch_size * cfg.seq_len / cfg.sample_rate
+    devices = "" if cfg.devices == 1 and cfg.num_nodes == 1 else \
+        f" over {cfg.devices} devices x {cfg.num_nodes} nodes"
     return (f"{cfg.model} ({architecture}), {cfg.codec} {cfg.bits}-bit at {cfg.sample_rate} Hz, "
-            f"seq_len {cfg.seq_len} ({cfg.seq_len / cfg.sample_rate:.3g} s), batch {cfg.batch_size}, "
+            f"seq_len {cfg.seq_len} ({cfg.seq_len / cfg.sample_rate:.3g} s), batch {cfg.batch_size}{devices}, "
             f"{cfg.max_steps} steps, {math.ceil(seconds / 60)} min of audio seen")

@@ -36,19 +36,27 @@ def _selected(corpus: AudioCorpus, files: Iterable[str | Path] | None, what: str
 class AudioBatches(StepStream):
     """Endless `(ids (batch, L) int64, mask (batch, L) bool)`; step s depends only on (seed, s).
 
-    L = `schedule(step)` (or a fixed int), batch = max(1, tokens_per_step // L). Each row: a file drawn
+    L = `schedule(step)` (or a fixed int), batch = max(1, tokens_per_step // (L - extra)): `extra` samples
+    of a window are context only (1 for next-sample prediction, where L + 1 samples give L predictions),
+    so the rows of a length-warmup stage are batch_size x seq_len / stage length, as TrainRecipe.split_batch
+    expects when it checks that every stage splits over ranks and micro-steps. Each row: a file drawn
     with probability proportional to max(n, L), n its samples, then a window start uniform over
     [0, n - L] (0 when n < L: the whole file, right-padded). Weighting a short file as L rather than n
     gives every real sample about the same chance per row, L / W with W = sum(max(n, L)): a long file
     is drawn with chance n / W and then holds a given sample with chance about L / n, a short file is
     drawn with chance L / W and holds all of its samples (edge samples of long files are the exception:
     fewer windows hold them). `files` restricts the stream to a split (default: the whole corpus).
+
+    A rank's share of a step (see StepStream) is `(ids, mask, counted)`: counted is the number of
+    counted next-sample targets (mask[:, 1:]) in the whole global batch, which AudioLMModule divides
+    its summed loss by, so that the shares' losses add up to the one-device loss of the step.
     """
 
     def __init__(self, corpus: AudioCorpus, schedule: int | Callable[[int], int], tokens_per_step: int, seed: int,
-                 files: Iterable[str | Path] | None = None, first_step: Callable[[], int] = lambda: 0) -> None:
+                 files: Iterable[str | Path] | None = None, first_step: Callable[[], int] = lambda: 0,
+                 extra: int = 0) -> None:
         super().__init__(first_step)
-        self.corpus, self.tokens_per_step, self.seed = corpus, tokens_per_step, seed
+        self.corpus, self.tokens_per_step, self.seed, self.extra = corpus, tokens_per_step, seed, extra
         self.schedule = schedule if callable(schedule) else (lambda step, length=int(schedule): length)
         self.chosen = _selected(corpus, files, "training")
         self.lengths = corpus.lengths[self.chosen]
@@ -58,7 +66,7 @@ class AudioBatches(StepStream):
         if length < 1:
             raise ValueError(f"window length must be positive, got {length} at step {step}")
         rng = np.random.default_rng([self.seed, step])
-        size = max(1, self.tokens_per_step // length)
+        size = max(1, self.tokens_per_step // max(1, length - self.extra))
         weight = np.maximum(self.lengths, length).astype(np.float64)
         rows = rng.choice(len(self.chosen), size=size, p=weight / weight.sum())
         starts = rng.integers(0, np.maximum(self.lengths[rows] - length, 0) + 1)
@@ -68,6 +76,13 @@ class AudioBatches(StepStream):
             ids[r], real = _window(self.corpus, int(self.chosen[row]), int(start), length)
             mask[r, :real] = True
         return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def part(self, batch: tuple[torch.Tensor, torch.Tensor], index: int,
+             parts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Share `index` of `parts` (ids and mask rows sliced together), with the global batch's count of
+        counted targets: a share alone cannot tell how many the other ranks and micro-steps hold."""
+        ids, mask = super().part(batch, index, parts)
+        return ids, mask, batch[1][:, 1:].sum()
 
     # reopen(): nothing to do; the corpus is in memory, and forked workers share its arrays copy-on-write.
 
