@@ -12,8 +12,10 @@ import csv
 import hashlib
 import os
 import re
+import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,10 +100,11 @@ def _read_manifest(path: Path) -> list[Path]:
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """One file as mono float32 samples (n,) in [-1, 1] at `sample_rate`.
 
-    Channels are averaged; a file at another rate is resampled with soxr (its default high quality);
-    the result is clipped to [-1, 1], since resampling can overshoot a full-scale signal. MP3 is read by
-    libsndfile (1.1 or later), including any encoder delay or padding the file's decoder emits.
-    Raises AudioInputError for a missing, empty, unreadable or corrupt file, no samples, or NaN/inf.
+    Channels are averaged (in float64) and clipped to [-1, 1]; a file at another rate is then resampled
+    with soxr (its default high quality) and clipped again, since resampling can overshoot a full-scale
+    signal. MP3 is read by libsndfile (1.1 or later), including any encoder delay or padding the file's
+    decoder emits. Raises AudioInputError for a missing, empty, unreadable or corrupt file, no samples
+    (also none left after resampling, as for 1 frame at 96 kHz read at 8 kHz), or NaN/inf.
     """
     path = Path(path)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
@@ -111,9 +114,15 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if path.stat().st_size == 0:
         raise AudioInputError(f"{path}: empty file (0 bytes)")
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        with _quiet_stderr(path.suffix.lower() == ".mp3"):
+            # Bytes, not str: soundfile encodes a str path as UTF-8, which fails for a name that is not
+            # (os.fsencode gives back the file system's own bytes). DOUBLE is read as float64: finite
+            # samples beyond float32's range would otherwise turn into inf.
+            file = os.fsencode(path)
+            dtype = "float64" if sf.info(file).subtype == "DOUBLE" else "float32"
+            data, rate = sf.read(file, dtype=dtype, always_2d=True)
     except sf.LibsndfileError as err:
-        raise AudioInputError(f"{path}: cannot read audio ({_one_line(err.error_string)})") from None
+        raise AudioInputError(f"{path}: cannot read audio ({_libsndfile_reason(err)})") from None
     except (RuntimeError, OSError, ValueError) as err:
         raise AudioInputError(f"{path}: cannot read audio ({_one_line(err)})") from None
     if data.shape[0] == 0:
@@ -121,10 +130,42 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).any(axis=1).argmax())
         raise AudioInputError(f"{path}: NaN or infinite samples (first at sample {bad})")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    # The mean in float64, so channels near float32's limit do not overflow to inf; clipping before
+    # resampling too, since soxr turns samples near float32's limit into NaN.
+    mono = data.mean(axis=1, dtype=np.float64) if data.shape[1] > 1 else data[:, 0]
+    mono = np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate)
+        if mono.shape[0] == 0:
+            raise AudioInputError(f"{path}: no samples left at {sample_rate} Hz ({data.shape[0]} frames at "
+                                  f"{rate} Hz resample to none)")
     return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _libsndfile_reason(err: sf.LibsndfileError) -> str:
+    reason = _one_line(err.error_string)
+    # libsndfile reports an MP3 that mpg123 cannot parse as a missing file; the file was found.
+    if "does not exist" in reason:
+        return "not a valid audio file: corrupt, or a format libsndfile does not know"
+    return reason
+
+
+@contextmanager
+def _quiet_stderr(enabled: bool) -> Iterator[None]:
+    """Process-level stderr (fd 2) sent to /dev/null: libmpg123 prints notes such as "Note: Illegal
+    Audio-MPEG-Header" straight to fd 2 for a damaged MP3, past Python; the error is raised anyway."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @dataclass
