@@ -53,7 +53,9 @@ def _one_line_errors(*extra: type[Exception]) -> Iterator[None]:
     try:
         yield
     except (DnaInputError, AudioInputError, CheckpointError, *extra) as err:
-        raise UserError(" ".join(str(err).split())) from None
+        # A file name that is not valid UTF-8 reaches us with surrogate escapes, which no console can print.
+        message = " ".join(str(err).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+        raise UserError(message) from None
 
 
 @contextmanager

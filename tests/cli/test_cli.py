@@ -153,3 +153,19 @@ def test_several_values_after_one_flag(args, want):
     from mambaseq.cli.main import expand_multi_value
 
     assert expand_multi_value(args) == want
+
+
+def test_an_error_naming_a_non_utf8_file_prints_as_one_line(tmp_path, capfdbinary):
+    import os
+
+    from mambaseq import MambaConfig, MambaLM, save_pretrained
+    from mambaseq.cli.main import main
+
+    save_pretrained(MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=12)), tmp_path / "m",
+                    metadata={"task": "dna-lm"})
+    bad = os.path.join(os.fsencode(tmp_path), b"\xe9t\xe9.fa")
+    with open(bad, "wb") as handle:
+        handle.write(b"not FASTA at all\n")
+    assert main(["eval", "dna", "--model", str(tmp_path / "m"), "--fasta", os.fsdecode(bad)]) == 2
+    err = capfdbinary.readouterr().err.decode("utf-8")
+    assert len(err.strip().splitlines()) == 1 and "\\udce9t\\udce9.fa" in err and "Traceback" not in err

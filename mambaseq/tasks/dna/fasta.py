@@ -195,7 +195,8 @@ class FastaFile:
             raise DnaInputError(f"{self.path}: empty file (no FASTA records)")
         self.compression = _compression(self.path, head)
         stat = self.path.stat()
-        key = hashlib.sha1(f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        # fsencode: a file name that is not UTF-8 (surrogate escapes) still hashes.
+        key = hashlib.sha1(os.fsencode(f"{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")).hexdigest()[:16]
         if self.compression == "gzip":
             # Plain gzip has no random access: decompress once into the cache and index it there.
             readable = cache / f"{key}-{self.path.name.removesuffix('.gz')}"
