@@ -14,8 +14,7 @@ from torch import nn
 
 from ..config import MambaConfig
 from ..models import MambaLM, SashimiConfig, SashimiLM
-from ..models.lm import MambaBlock
-from .lm_module import StepSums, reduce_sum
+from .lm_module import StepSums, checkpoint_blocks, reduce_sum
 from .optim import configure_optimizers
 
 # Architecture name (as config.json's "architecture") -> (config class, model class).
@@ -32,23 +31,6 @@ def build_audio_lm(architecture: str, model_config: dict[str, Any]) -> MambaLM |
                          f"{', '.join(AUDIO_ARCHITECTURES)}")
     config_cls, model_cls = AUDIO_ARCHITECTURES[architecture]
     return model_cls(config_cls.from_dict(model_config))
-
-
-def checkpoint_mamba_blocks(model: nn.Module) -> None:
-    """Activation checkpointing of every Mamba block, wherever it sits (a flat stack or the stages of a
-    U-Net): each keeps only its input and recomputes the rest in backward. Streaming calls (with a
-    state) and no-grad calls run as before."""
-    for block in model.modules():
-        if not isinstance(block, MambaBlock):
-            continue
-        forward = block.forward
-
-        def checkpointed(residual, state=None, forward=forward):
-            if state is not None or not torch.is_grad_enabled():
-                return forward(residual, state)
-            return torch.utils.checkpoint.checkpoint(forward, residual, use_reentrant=False)
-
-        block.forward = checkpointed
 
 
 def masked_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -85,7 +67,7 @@ class AudioLMModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = build_audio_lm(architecture, model_config)
         if checkpoint_activations:
-            checkpoint_mamba_blocks(self.model)
+            checkpoint_blocks(self.model)
         self._tic: float | None = None
         self._val = torch.zeros(2, dtype=torch.float64)  # summed NLL (nats), counted samples
         self._step = StepSums()

@@ -130,3 +130,16 @@ class EvenSplit(Dataset):
 def kept(rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The rows of a validation batch that are not padding (all of them on one device)."""
     return rows if bool(keep.all()) else rows[keep.to(rows.device)]
+
+
+def length_schedule(seq_len: int, warmup_start: int | None, stage_steps: int) -> Callable[[int], int]:
+    """Sequence length at each step: doubling from `warmup_start` up to `seq_len`, `stage_steps` steps
+    per stage (seed paper and HyenaDNA's sequence-length warmup); constant without warmup."""
+    if not warmup_start or warmup_start >= seq_len:
+        return lambda step: seq_len
+    stages = []
+    length = warmup_start
+    while length < seq_len:
+        stages.append(length)
+        length *= 2
+    return lambda step: stages[step // stage_steps] if step // stage_steps < len(stages) else seq_len

@@ -9,17 +9,22 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch import nn
 
 from ..config import MambaConfig
-from ..models import MambaClassifier, MambaLM
+from ..models import MambaLM
+from ..models.lm import MambaBlock
 from .data import kept
 from .optim import configure_optimizers
 
 
-def checkpoint_blocks(model: MambaLM | MambaClassifier) -> None:
-    """Activation checkpointing per block: keep only each block's input, recompute the rest in
-    backward (memory per layer falls to one residual stream; compute grows by one forward)."""
-    for block in model.backbone.layers:
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Activation checkpointing of every Mamba block, wherever it sits (a flat stack or the stages of a
+    U-Net): each keeps only its input and recomputes the rest in backward (memory per layer falls to
+    one residual stream; compute grows by one forward). Streaming and no-grad calls run as before."""
+    for block in model.modules():
+        if not isinstance(block, MambaBlock):
+            continue
         forward = block.forward
 
         def checkpointed(residual, state=None, forward=forward):

@@ -19,8 +19,8 @@ from ...checkpoint import save_pretrained
 from ...config import PRESETS, MambaConfig
 from ...models import SASHIMI_PRESETS, SashimiConfig
 from ...training.audio_module import AudioLMModule
+from ...training.data import length_schedule
 from ...training.trainer import TrainRecipe, global_step, is_global_zero
-from ..dna.windows import length_schedule
 from .codec import Codec, make_codec
 from .data import AudioCorpus, AudioInputError, CorpusSummary, find_audio, split_files
 from .model_dir import audio_metadata

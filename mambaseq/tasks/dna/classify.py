@@ -24,13 +24,13 @@ from ...metrics import classification_report, write_report
 from ...models import HEAD_NORMS, POOLINGS, MambaClassifier
 from ...sysinfo import default_device
 from ...training.classify_module import ClassifierModule
+from ...training.data import length_schedule
 from ...training.trainer import TrainRecipe, global_step, is_global_zero
 from .fasta import DnaInputError, FastaCollection, Interval, regions_of
 from .model_dir import check_dna_model, load_dna_model
 from .species import ClassifyBatches, Species, SpeciesGenomes, WindowSet, parse_species, read_manifest
 from .tokenizer import VOCAB_SIZE, encode, reverse_complement
 from .train import bundled_genome
-from .windows import length_schedule
 
 
 def bundled_species() -> list[Species]:

@@ -17,11 +17,12 @@ import lightning as L
 
 from ...checkpoint import save_pretrained
 from ...config import MambaConfig
+from ...training.data import length_schedule
 from ...training.lm_module import CausalLMModule
 from ...training.trainer import TrainRecipe, global_step, is_global_zero
 from .fasta import DnaInputError, FastaCollection, read_bed
 from .tokenizer import VOCAB_SIZE, DnaTokenizer
-from .windows import TrainBatches, ValidWindows, WindowSampler, length_schedule, split_regions
+from .windows import TrainBatches, ValidWindows, WindowSampler, split_regions
 
 
 def bundled_genome() -> list[str]:

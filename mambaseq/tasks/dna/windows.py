@@ -94,19 +94,6 @@ class WindowSampler:
                             "raise max_n_frac or restrict the regions with a BED file")
 
 
-def length_schedule(seq_len: int, warmup_start: int | None, stage_steps: int) -> Callable[[int], int]:
-    """Sequence length at each step: doubling from `warmup_start` up to `seq_len`, `stage_steps` steps
-    per stage (seed paper and HyenaDNA's sequence-length warmup); constant without warmup."""
-    if not warmup_start or warmup_start >= seq_len:
-        return lambda step: seq_len
-    stages = []
-    length = warmup_start
-    while length < seq_len:
-        stages.append(length)
-        length *= 2
-    return lambda step: stages[step // stage_steps] if step // stage_steps < len(stages) else seq_len
-
-
 class TrainBatches(StepStream):
     """Infinite stream of LM batches (batch, L + 1); the batch of step s depends only on (seed, s).
 

@@ -15,7 +15,7 @@ from mambaseq.tasks.dna.species import (
     read_manifest,
 )
 from mambaseq.tasks.dna.tokenizer import decode, reverse_complement
-from mambaseq.tasks.dna.windows import length_schedule
+from mambaseq.training.data import length_schedule
 
 
 def _write(path, records):

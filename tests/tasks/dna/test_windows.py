@@ -11,9 +11,9 @@ from mambaseq.tasks.dna.windows import (
     TrainBatches,
     ValidWindows,
     WindowSampler,
-    length_schedule,
     split_regions,
 )
+from mambaseq.training.data import length_schedule
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_train_batches_with_loader_workers_match_steps(tmp_path):
     from torch.utils.data import DataLoader
 
     from mambaseq.tasks.dna.fasta import FastaCollection
-    from mambaseq.tasks.dna.windows import TrainBatches, WindowSampler, length_schedule, split_regions
+    from mambaseq.tasks.dna.windows import TrainBatches, WindowSampler, split_regions
 
     rng = np.random.default_rng()
     path = tmp_path / "g.fa"
