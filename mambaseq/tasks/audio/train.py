@@ -134,12 +134,14 @@ def load_data(cfg: AudioTrainConfig, on_file: Callable[[int], None] | None = Non
     cfg.check()
     files = data_files(cfg.data)
     pattern = cfg.group_pattern if cfg.data is not None or cfg.group_pattern else BUNDLED_GROUP_PATTERN
+    # Loaded first, so a folder of nothing but unreadable files says so (rather than failing to split).
+    # The split is still of the whole file list: which files fail to load does not move the others.
+    corpus = AudioCorpus(files, cfg.sample_rate, cfg.make_codec(), on_file)
     try:
         splits = split_files(files, cfg.valid_fraction, cfg.test_fraction, pattern, cfg.split_seed,
                              split_root(cfg.data))
     except ValueError as err:  # AudioInputError included: its message is already one line
         raise AudioInputError(" ".join(str(err).split())) from None
-    corpus = AudioCorpus(files, cfg.sample_rate, cfg.make_codec(), on_file)
     source = str(cfg.data) if cfg.data else "the bundled demo piano clips"
     return AudioData(corpus, splits, source, pattern)
 
