@@ -534,6 +534,10 @@ def embed_dna_command(
             result = embed_dna(model, fasta, out, bed, pool, chunk_len, batch_size, on_bases=advance)
     typer.echo(f"wrote {result['rows']} embeddings ({result['pool']}, dim {result['dim']}, "
                f"{result['bases']:,} bases) to {out}")
+    if result["skipped_empty"]:
+        names = result["skipped_empty"]
+        typer.echo(f"skipped {len(names)} empty record(s) with no bases to embed: {', '.join(names[:5])}"
+                   f"{', ...' if len(names) > 5 else ''}", err=True)
 
 
 classify_app = _group("classify", "Species classification of DNA windows: train, eval, predict.")

@@ -90,12 +90,14 @@ class _Pooler:
         return self.value / self.count.clamp(min=1) if self.pool == "mean" else self.value
 
 
-def _regions(collection: FastaCollection, bed: str | None) -> list[Interval]:
+def _regions(collection: FastaCollection, bed: str | None) -> tuple[list[Interval], list[str]]:
+    """(non-empty records or intervals, names of the empty ones: they have no bases to embed)."""
     regions = regions_of(collection, bed)
+    empty = [r.name for r in regions if r.length == 0]
     regions = [r for r in regions if r.length > 0]
     if not regions:
         raise DnaInputError(f"{bed or 'FASTA'}: no non-empty records or intervals to embed")
-    return regions
+    return regions, empty
 
 
 def _check_out(out: Path, pool: str) -> None:
@@ -112,8 +114,9 @@ def embed_dna(model_dir: str | Path, fasta: list[str], out: str | Path, bed: str
               on_bases: Callable[[int], None] | None = None) -> dict:
     """Embed every record of `fasta` (or every BED interval) and write the result to `out`.
 
-    Rows are keyed by record name and 0-based half-open coordinates, in input order. Returns
-    {"rows", "dim", "bases", "pool", "out"}. `on_bases(n)` is called as bases are done.
+    Rows are keyed by record name and 0-based half-open coordinates, in input order; empty records
+    get no row and are listed under "skipped_empty". Returns {"rows", "dim", "bases", "pool", "out",
+    "skipped_empty"}. `on_bases(n)` is called as bases are done.
     """
     out = Path(out)
     _check_out(out, pool)
@@ -121,7 +124,7 @@ def embed_dna(model_dir: str | Path, fasta: list[str], out: str | Path, bed: str
         raise DnaInputError(f"--chunk-len and --batch-size must be >= 1 (got {chunk_len} and {batch_size})")
     soft_mask = check_dna_model(model_dir)["metadata"].get("soft_mask", "base")
     collection = FastaCollection(fasta)
-    regions = _regions(collection, bed)
+    regions, empty = _regions(collection, bed)
     device = device or default_device()
     model = from_pretrained(model_dir, device=device).eval()
     d_model = model.config.d_model
@@ -139,7 +142,7 @@ def embed_dna(model_dir: str | Path, fasta: list[str], out: str | Path, bed: str
             pooled[index] = pooler.result().cpu().numpy()
         _write_pooled(out, pooled, regions)
     return {"rows": len(regions), "dim": d_model, "bases": sum(r.length for r in regions), "pool": pool,
-            "out": str(out)}
+            "out": str(out), "skipped_empty": empty}
 
 
 def _index_columns(regions: list[Interval]) -> dict:

@@ -99,3 +99,14 @@ def test_cli_writes_embeddings(tmp_path, model_dir, genome, capsys):
     assert main(["embed", "dna", "--model", str(model_dir), "--fasta", str(path), "--out", str(out)]) == 0
     assert np.load(out).shape == (len(seqs), 16)
     assert str(out) in capsys.readouterr().out
+
+
+def test_empty_records_get_no_row_and_are_named(tmp_path, model_dir, capsys):
+    path = tmp_path / "g.fa"
+    path.write_text(">empty1\n>full\nACGTACGTAC\n>empty2\n")
+    out = tmp_path / "e.npy"
+    assert main(["embed", "dna", "--model", str(model_dir), "--fasta", str(path), "--out", str(out)]) == 0
+    assert np.load(out).shape == (1, 16)
+    captured = capsys.readouterr()
+    assert "wrote 1 embeddings" in captured.out
+    assert "skipped 2 empty record(s) with no bases to embed: empty1, empty2" in captured.err
