@@ -135,6 +135,8 @@ def test_seq_len_longer_than_the_records(capsys: pytest.CaptureFixture[str], tmp
     code, _, err = _eval(capsys, "--model", str(model_dir), "--fasta", str(tmp_path / "g.fa"), "--seq-len", "1000")
     line = _one_error_line(err)
     assert code == 2 and "shorter than one window of 1001 bases (longest: 23)" in line, line
+    # eval has no valid_fraction to raise: the advice is its own flag.
+    assert line.endswith("lower --seq-len"), line
 
 
 def test_a_real_process_prints_one_line(tmp_path: Path, model_dir: Path) -> None:

@@ -30,7 +30,9 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     soft_mask = info["metadata"].get("soft_mask", "base")
     collection = FastaCollection(fasta)
     regions = regions_of(collection, bed)
-    windows = ValidWindows(collection, regions, seq_len, max_windows, max_n_frac, soft_mask, seed)
+    # Here the whole file (or BED) is evaluated: only the window length can change.
+    windows = ValidWindows(collection, regions, seq_len, max_windows, max_n_frac, soft_mask, seed,
+                           too_short="lower --seq-len")
     device = device or default_device()
     model = from_pretrained(model_dir, device=device)
     vocab = model.config.vocab_size

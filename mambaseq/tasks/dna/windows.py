@@ -119,14 +119,15 @@ class ValidWindows(Dataset):
     """Fixed validation windows (L + 1 tokens) tiling the validation regions; the same every epoch."""
 
     def __init__(self, fasta: FastaCollection, regions: list[Interval], seq_len: int, max_windows: int | None = None,
-                 max_n_frac: float = 0.1, soft_mask: str = "base", seed: int = 0) -> None:
+                 max_n_frac: float = 0.1, soft_mask: str = "base", seed: int = 0,
+                 too_short: str = "lower seq_len or raise valid_fraction") -> None:
         self.fasta, self.soft_mask = fasta, soft_mask
         width = seq_len + 1
         starts = [(r.name, s) for r in regions for s in range(r.start, r.end - width + 1, width)]
         if not starts:
             longest = max(r.length for r in regions)
             raise DnaInputError(f"validation regions are shorter than one window of {width} bases (longest: "
-                                f"{longest}); lower seq_len or raise valid_fraction")
+                                f"{longest}); {too_short}")
         if max_windows is not None and len(starts) > max_windows:
             keep = np.random.default_rng(seed).choice(len(starts), size=max_windows, replace=False)
             starts = [starts[i] for i in sorted(keep)]
