@@ -38,8 +38,8 @@ class MambaConfig:
     # False: time-invariant Δ, B, C (learned per channel, not computed from the input): the
     # non-selective blocks of the seed paper's audio ablations (Section 4.4).
     selective: bool = True
-    # Training memory, not the model: the selective mixer's stateless forward saves only its
-    # in_proj output and weights for backward and recomputes the rest (models/mixer_fn.py).
+    # Training memory, not the model: the selective mixer's stateless forward keeps only its input
+    # and weights for backward and recomputes the rest there (models/mixer_fn.py).
     # Same outputs and gradients; off until measured on the GPU.
     fused_inner: bool = False
 

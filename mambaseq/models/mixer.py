@@ -76,16 +76,16 @@ class MambaMixer(nn.Module):
         With `state`, the sequence continues from it and the state is replaced by the one at the
         end (prefill and chunked streaming).
         """
+        if state is None and self.config.selective and self.config.fused_inner:
+            # Same result; autograd keeps only `hidden` and the weights (backward recomputes the rest).
+            return mamba_inner(hidden, self.in_proj.weight, self.in_proj.bias, self.conv1d.weight,
+                               self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                               self.A_log, self.D, self.out_proj.weight, self.out_proj.bias)
         batch, L, _ = hidden.shape
         d_inner = self.config.d_inner
         # Projections are laid out (channels, batch*L) so that every (batch, dim, L) tensor the
         # kernels read is contiguous along L (their coalesced axis) without extra copies.
         xz = self._project_time_major(self.in_proj, hidden.reshape(batch * L, -1), batch)  # (b, 2*d_inner, L)
-        if state is None and self.config.selective and self.config.fused_inner:
-            # Same result; autograd keeps only xz and the weights (backward recomputes the rest).
-            return mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                               self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
-                               self.out_proj.weight, self.out_proj.bias)
         x, z = xz[:, :d_inner], xz[:, d_inner:]
         conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         if state is None:
