@@ -1,10 +1,13 @@
 """GPU benchmark: one training step (forward + backward + AdamW) of the dna-1.4m model at batch 1,
-L = 2^14 .. 2^22 (until memory runs out), with and without activation checkpointing per block.
+L = 2^14 .. 2^22 (until memory runs out), with and without activation checkpointing per block;
+`--fused-inner` runs the memory-lean mixer path (MambaConfig.fused_inner: each mixer keeps only
+its input for backward and recomputes the rest there).
 
 Prints peak GPU memory, bytes per token and tokens/s per length (median of a few steps after one
 warm-up step), bf16 autocast as `mambaseq train dna` uses on GPU.
 
-    python benchmarks/dna_long.py [--min-log2 14] [--max-log2 22] [--json OUT.json]
+    python benchmarks/dna_long.py [--min-log2 14] [--max-log2 22] [--fused-inner]
+                                  [--checkpoint both|off|on] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from mambaseq import MambaConfig
 from mambaseq.training.lm_module import CausalLMModule
 
 
-def step_stats(L: int, checkpoint: bool, steps: int) -> dict:
-    module = CausalLMModule(MambaConfig.from_preset("dna-1.4m").to_dict(), checkpoint_activations=checkpoint).cuda()
+def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False) -> dict:
+    config = MambaConfig.from_preset("dna-1.4m", fused_inner=fused_inner)
+    module = CausalLMModule(config.to_dict(), checkpoint_activations=checkpoint).cuda()
     model = module.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=8e-3)
     ids = torch.randint(7, 11, (1, L + 1), device="cuda")
@@ -44,7 +48,7 @@ def step_stats(L: int, checkpoint: bool, steps: int) -> dict:
             times.append(time.perf_counter() - tic)
     peak = torch.cuda.max_memory_allocated() - base
     ms = statistics.median(times) * 1e3
-    return {"L": L, "checkpoint": checkpoint, "step_ms": ms, "tokens_per_s": L / ms * 1e3,
+    return {"L": L, "checkpoint": checkpoint, "fused_inner": fused_inner, "step_ms": ms, "tokens_per_s": L / ms * 1e3,
             "peak_gib": peak / 2**30, "bytes_per_token": peak / L, "loss": loss.item()}
 
 
@@ -53,15 +57,20 @@ def main() -> None:
     parser.add_argument("--min-log2", type=int, default=14)
     parser.add_argument("--max-log2", type=int, default=22)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--fused-inner", action="store_true",
+                        help="memory-lean mixer (MambaConfig.fused_inner=True)")
+    parser.add_argument("--checkpoint", choices=("both", "off", "on"), default="both",
+                        help="activation checkpointing per block: off, on, or both sweeps (default)")
     parser.add_argument("--json")
     args = parser.parse_args()
     rows = []
-    for checkpoint in (False, True):
+    modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.checkpoint]
+    for checkpoint in modes:
         for log2 in range(args.min_log2, args.max_log2 + 1):
             try:
-                row = step_stats(2**log2, checkpoint, args.steps)
+                row = step_stats(2**log2, checkpoint, args.steps, args.fused_inner)
             except torch.OutOfMemoryError:
-                rows.append({"L": 2**log2, "checkpoint": checkpoint, "oom": True})
+                rows.append({"L": 2**log2, "checkpoint": checkpoint, "fused_inner": args.fused_inner, "oom": True})
                 print(json.dumps(rows[-1]), flush=True)
                 torch.cuda.empty_cache()
                 break
@@ -71,6 +80,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
+    print(f"fused_inner={args.fused_inner}")
     print(f"{'L':>9} {'ckpt':>5} {'step ms':>9} {'tokens/s':>11} {'peak GiB':>9} {'B/token':>8}")
     for r in rows:
         if r.get("oom"):

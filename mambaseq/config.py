@@ -38,6 +38,10 @@ class MambaConfig:
     # False: time-invariant Δ, B, C (learned per channel, not computed from the input): the
     # non-selective blocks of the seed paper's audio ablations (Section 4.4).
     selective: bool = True
+    # Training memory, not the model: the selective mixer's stateless forward keeps only its input
+    # and weights for backward and recomputes the rest there (models/mixer_fn.py).
+    # Same outputs and gradients; off until measured on the GPU.
+    fused_inner: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -51,8 +55,9 @@ class MambaConfig:
             problems.append(f"dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
         if not 0 < self.dt_min <= self.dt_max:
             problems.append(f"need 0 < dt_min <= dt_max, got {self.dt_min} and {self.dt_max}")
-        if not isinstance(self.selective, bool):
-            problems.append(f"selective must be true or false, got {self.selective!r}")
+        for name in ("selective", "fused_inner"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if problems:
             raise ValueError("invalid MambaConfig: " + "; ".join(problems))
 

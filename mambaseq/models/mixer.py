@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..config import MambaConfig
 from ..kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 from .cache import LayerState
+from .mixer_fn import mamba_inner
 
 
 class MambaMixer(nn.Module):
@@ -75,6 +76,11 @@ class MambaMixer(nn.Module):
         With `state`, the sequence continues from it and the state is replaced by the one at the
         end (prefill and chunked streaming).
         """
+        if state is None and self.config.selective and self.config.fused_inner:
+            # Same result; autograd keeps only `hidden` and the weights (backward recomputes the rest).
+            return mamba_inner(hidden, self.in_proj.weight, self.in_proj.bias, self.conv1d.weight,
+                               self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                               self.A_log, self.D, self.out_proj.weight, self.out_proj.bias)
         batch, L, _ = hidden.shape
         d_inner = self.config.d_inner
         # Projections are laid out (channels, batch*L) so that every (batch, dim, L) tensor the
