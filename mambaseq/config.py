@@ -7,11 +7,46 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_C = TypeVar("_C", bound="JsonConfig")
+
+
+class JsonConfig:
+    """The JSON round trip every model config shares (a dataclass; unknown keys are refused)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls: type[_C], text_or_path: str | Path) -> _C:
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        return cls.from_dict(json.loads(text))
+
+    def diff(self, other: JsonConfig) -> dict[str, tuple[Any, Any]]:
+        """Keys whose values differ, as {key: (self_value, other_value)}."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
 
 
 @dataclass
-class MambaConfig:
+class MambaConfig(JsonConfig):
     """Hyperparameters of a Mamba language model (seed paper, Section 3.4 and Appendix E).
 
     `dt_rank="auto"` means ceil(d_model / 16). The vocabulary is padded up to a multiple of
@@ -73,35 +108,6 @@ class MambaConfig:
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_size_multiple
         return ((self.vocab_size + m - 1) // m) * m
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MambaConfig keys: {', '.join(unknown)}")
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> MambaConfig:
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
-
-    def diff(self, other: MambaConfig) -> dict[str, tuple[Any, Any]]:
-        """Keys whose values differ, as {key: (self_value, other_value)}."""
-        a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> MambaConfig:

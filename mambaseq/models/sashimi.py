@@ -40,18 +40,15 @@ every p samples), and the positions read their shifted vectors from [upsampled, 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import MambaConfig
+from ..config import JsonConfig, MambaConfig
 from .cache import LayerState
 from .lm import MambaBlock
 
@@ -61,7 +58,7 @@ _BLOCK_FIELDS = ("d_state", "d_conv", "expand", "dt_min", "dt_max", "dt_init_flo
 
 
 @dataclass
-class SashimiConfig:
+class SashimiConfig(JsonConfig):
     """Hyperparameters of a SaShiMi U-Net of Mamba blocks.
 
     `pool` lists the pooling factors from the outside in; there are len(pool) + 1 stages, the last
@@ -140,35 +137,6 @@ class SashimiConfig:
         return MambaConfig(d_model=self.width(stage), n_layer=max(1, self.n_layer[stage]),
                            vocab_size=self.vocab_size, selective=self.selective[stage],
                            **{name: getattr(self, name) for name in _BLOCK_FIELDS})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SashimiConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SashimiConfig keys: {', '.join(unknown)}")
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> SashimiConfig:
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
-
-    def diff(self, other: SashimiConfig) -> dict[str, tuple[Any, Any]]:
-        """Keys whose values differ, as {key: (self_value, other_value)}."""
-        a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> SashimiConfig:
