@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import lightning as L
@@ -68,7 +67,6 @@ class AudioLMModule(L.LightningModule):
         self.model = build_audio_lm(architecture, model_config)
         if checkpoint_activations:
             checkpoint_blocks(self.model)
-        self._tic: float | None = None
         self._val = torch.zeros(2, dtype=torch.float64)  # summed NLL (nats), counted samples
         self._step = StepSums()
 
@@ -87,10 +85,9 @@ class AudioLMModule(L.LightningModule):
             loss = nll / max(samples, 1)
         sums = self._step.add(self, batch_idx, [nll, torch.tensor(float(samples))])
         if sums is not None:
-            now = time.perf_counter()
-            if self._tic is not None:
-                self.log("samples/s", sums[1] / max(now - self._tic, 1e-9), prog_bar=True, on_step=True)
-            self._tic = now
+            rate = self._step.per_second(sums[1])
+            if rate is not None:
+                self.log("samples/s", rate, prog_bar=True, on_step=True)
             step_loss = (sums[0] / sums[1].clamp(min=1)).float()
             self.log("train/loss", step_loss, on_step=True)
             self.log("bits/sample", step_loss / math.log(2), prog_bar=True, on_step=True)
@@ -113,7 +110,7 @@ class AudioLMModule(L.LightningModule):
         if samples:
             # The same value on every rank already; sync_dist only keeps Lightning from warning.
             self.log("val/bits_per_sample", nll / samples / math.log(2), prog_bar=True, sync_dist=True)
-        self._tic = None  # validation time is not training throughput
+        self._step.pause()  # validation time is not training throughput
 
     def configure_optimizers(self):
         return configure_optimizers(self.model, self.hparams)

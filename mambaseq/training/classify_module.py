@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -36,7 +34,6 @@ class ClassifierModule(L.LightningModule):
         self.model = MambaClassifier(MambaConfig.from_dict(model_config), num_classes, pooling, dropout, head_norm)
         if checkpoint_activations:
             checkpoint_blocks(self.model)
-        self._tic: float | None = None
         self._val = torch.zeros(3, dtype=torch.float64)  # summed loss, correct, windows
         self._step = StepSums()
 
@@ -51,10 +48,9 @@ class ClassifierModule(L.LightningModule):
         sums = self._step.add(self, batch_idx, [nll, correct, torch.tensor(float(ids.numel())),
                                                 torch.tensor(float(len(labels)))])
         if sums is not None:
-            now = time.perf_counter()
-            if self._tic is not None:
-                self.log("tok/s", sums[2] / max(now - self._tic, 1e-9), prog_bar=True, on_step=True)
-            self._tic = now
+            rate = self._step.per_second(sums[2])
+            if rate is not None:
+                self.log("tok/s", rate, prog_bar=True, on_step=True)
             self.log("train/loss", (sums[0] / sums[3]).float(), prog_bar=True, on_step=True)
             self.log("train/acc", (sums[1] / sums[3]).float(), prog_bar=True, on_step=True)
             self.log("seq_len", float(ids.shape[1]), on_step=True)
@@ -77,7 +73,7 @@ class ClassifierModule(L.LightningModule):
             # The same values on every rank already; sync_dist only keeps Lightning from warning.
             self.log("val/loss", loss / count, sync_dist=True)
             self.log("val/acc", correct / count, prog_bar=True, sync_dist=True)
-        self._tic = None  # validation time is not training throughput
+        self._step.pause()  # validation time is not training throughput
 
     def configure_optimizers(self):
         return configure_optimizers(self.model, self.hparams)

@@ -45,11 +45,23 @@ class StepSums:
     """Sums over the micro-batches of one optimizer step, for logging figures of the global batch.
 
     `add(module, batch_idx, values)` returns the sums over this step's micro-batches and all ranks
-    at the step's last micro-batch (Lightning logs only that one), None before it.
+    at the step's last micro-batch (Lightning logs only that one), None before it. `per_second(count)`
+    turns a count of the step (tokens, samples) into a rate over the time since the previous step;
+    `pause()` (after validation) keeps the time in between out of the next rate.
     """
 
     def __init__(self) -> None:
         self.sums: list[torch.Tensor] | None = None
+        self._tic: float | None = None
+
+    def per_second(self, count: torch.Tensor) -> torch.Tensor | None:
+        now = time.perf_counter()
+        rate = None if self._tic is None else count / max(now - self._tic, 1e-9)
+        self._tic = now
+        return rate
+
+    def pause(self) -> None:
+        self._tic = None
 
     def add(self, module: L.LightningModule, batch_idx: int, values: list[torch.Tensor]) -> torch.Tensor | None:
         accumulate = module.trainer.accumulate_grad_batches
@@ -82,7 +94,6 @@ class CausalLMModule(L.LightningModule):
         self.model = MambaLM(MambaConfig.from_dict(model_config))
         if checkpoint_activations:
             checkpoint_blocks(self.model)
-        self._tic: float | None = None
         self._val_nll = 0.0
         self._val_tokens = 0
         self._step = StepSums()
@@ -102,10 +113,9 @@ class CausalLMModule(L.LightningModule):
         loss = nll / tokens
         sums = self._step.add(self, batch_idx, [nll, torch.tensor(float(tokens))])
         if sums is not None:
-            now = time.perf_counter()
-            if self._tic is not None:
-                self.log("tok/s", sums[1] / max(now - self._tic, 1e-9), prog_bar=True, on_step=True)
-            self._tic = now
+            rate = self._step.per_second(sums[1])
+            if rate is not None:
+                self.log("tok/s", rate, prog_bar=True, on_step=True)
             step_loss = (sums[0] / sums[1]).float()
             self.log("train/loss", step_loss, prog_bar=False, on_step=True)
             self.log("bits/base", step_loss / math.log(2), prog_bar=True, on_step=True)
@@ -127,7 +137,7 @@ class CausalLMModule(L.LightningModule):
         if tokens:
             # The same value on every rank already; sync_dist only keeps Lightning from warning.
             self.log("val/bits_per_base", nll / tokens / math.log(2), prog_bar=True, sync_dist=True)
-        self._tic = None  # validation time is not training throughput
+        self._step.pause()  # validation time is not training throughput
 
     def configure_optimizers(self):
         return configure_optimizers(self.model, self.hparams)
