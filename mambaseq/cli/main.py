@@ -254,6 +254,20 @@ def _devices(value: str | None) -> int | str | None:
         return value
 
 
+def _train(command: str, run: Callable[[Callable[[str], None]], Any]) -> Any:
+    """What every training command shares: `run(log)` with bad input, a diverging run and Lightning's
+    own errors as one line, `log` printing to stderr under the command's name. Returns run's result on
+    rank 0 and None on the other ranks of a multi-device run (rank 0 reports)."""
+    from ..training.guards import NonFiniteError
+    from ..training.trainer import is_global_zero
+
+    _quiet_lightning()
+    console = Console(stderr=True)
+    with _one_line_errors(TypeError, ValueError, NonFiniteError):
+        result = run(lambda line: console.print(f"[bold]{command}[/]: {line}"))
+    return result if is_global_zero() else None
+
+
 @train_app.command("dna")
 def train_dna_command(
     fasta: list[str] = typer.Option(None, "--fasta", help="FASTA files (plain, .gz or bgzip); default: the bundled "
@@ -281,18 +295,13 @@ def train_dna_command(
     Example: mambaseq train dna --recipe hg38-1.4m --fasta hg38.fa.gz --devices 4 --strategy ddp
     """
     from ..tasks.dna.train import DnaTrainConfig, train_dna
-    from ..training.guards import NonFiniteError
-    from ..training.trainer import is_global_zero
 
-    _quiet_lightning()
     overrides = _overrides(set_, fasta=fasta or None, bed=bed, out=out, seq_len=seq_len, batch_size=batch_size,
                            max_steps=max_steps, lr=lr, model=model, seed=seed, resume=resume or None,
                            devices=_devices(devices), num_nodes=num_nodes, strategy=strategy)
-    with _one_line_errors(TypeError, ValueError, NonFiniteError):
-        cfg = DnaTrainConfig.from_recipe(recipe, **overrides)
-        console = Console(stderr=True)
-        result = train_dna(cfg, log=lambda line: console.print(f"[bold]mambaseq train dna[/]: {line}"))
-    if not is_global_zero():  # the other ranks of a multi-device run: rank 0 reports
+    result = _train("mambaseq train dna",
+                    lambda log: train_dna(DnaTrainConfig.from_recipe(recipe, **overrides), log=log))
+    if result is None:
         return
     typer.echo(f"validation bits/base: {result.valid_bits_per_base:.4f} after {result.steps} steps")
     typer.echo(f"model saved to: {result.model_dir}")
@@ -326,25 +335,24 @@ def train_audio_command(
     Example: mambaseq train audio --data music/ --recipe music --devices 4 --strategy ddp --out runs/music
     """
     from ..tasks.audio.train import AudioTrainConfig, load_data, train_audio
-    from ..training.guards import NonFiniteError
     from ..training.trainer import is_global_zero
 
-    _quiet_lightning()
     overrides = _overrides(set_, data=data, out=out, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
                            lr=lr, model=model, seed=seed, resume=resume or None, devices=_devices(devices),
                            num_nodes=num_nodes, strategy=strategy)
-    with _one_line_errors(TypeError, ValueError, NonFiniteError), _skipped_files_as_lines("mambaseq train audio"):
+
+    def run(log: Callable[[str], None]) -> Any:
         cfg = AudioTrainConfig.from_recipe(recipe, **overrides)
-        cfg.check()
         if is_global_zero():  # every rank loads the corpus; one progress bar
             with _progress("loading audio", "files") as advance:
                 loaded = load_data(cfg, on_file=advance)
         else:
             loaded = load_data(cfg)
-        console = Console(stderr=True)
-        result = train_audio(cfg, log=lambda line: console.print(f"[bold]mambaseq train audio[/]: {line}"),
-                             data=loaded)
-    if not is_global_zero():  # the other ranks of a multi-device run: rank 0 reports
+        return train_audio(cfg, log=log, data=loaded)
+
+    with _skipped_files_as_lines("mambaseq train audio"):
+        result = _train("mambaseq train audio", run)
+    if result is None:
         return
     typer.echo(f"validation bits/sample: {result.valid_bits_per_sample:.4f} after {result.steps} steps")
     typer.echo(f"model saved to: {result.model_dir}")
@@ -571,19 +579,14 @@ def classify_train_command(
     Example: mambaseq classify train --species dmel=dmel.fa.gz --species dsim=dsim.fa.gz --seq-len 16384 --out runs/fly
     """
     from ..tasks.dna.classify import ClassifyConfig, train_classifier
-    from ..training.guards import NonFiniteError
-    from ..training.trainer import is_global_zero
 
-    _quiet_lightning()
     overrides = _overrides(set_, species=species or None, manifest=manifest, init_from=init_from, out=out,
                            seq_len=seq_len, pooling=pooling, batch_size=batch_size, max_steps=max_steps, lr=lr,
                            model=model, seed=seed, resume=resume or None, devices=_devices(devices),
                            num_nodes=num_nodes, strategy=strategy)
-    with _one_line_errors(TypeError, ValueError, NonFiniteError):
-        cfg = ClassifyConfig.from_recipe(recipe, **overrides)
-        console = Console(stderr=True)
-        result = train_classifier(cfg, log=lambda line: console.print(f"[bold]mambaseq classify train[/]: {line}"))
-    if not is_global_zero():  # the other ranks of a multi-device run: rank 0 reports
+    result = _train("mambaseq classify train",
+                    lambda log: train_classifier(ClassifyConfig.from_recipe(recipe, **overrides), log=log))
+    if result is None:
         return
     typer.echo(f"validation accuracy: {result.valid_accuracy:.4f}; test accuracy: {result.test['accuracy']:.4f} "
                f"({result.test['windows']} windows) after {result.steps} steps")
