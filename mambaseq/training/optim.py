@@ -17,11 +17,21 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))  # tied weights appear once
-        if param.dim() < 2 or getattr(param, "_no_weight_decay", False):
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        decays = getattr(param, "_decays", None)
+        (decay if (_decays(param) if decays is None else decays) else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _decays(param: nn.Parameter) -> bool:
+    return param.dim() >= 2 and not getattr(param, "_no_weight_decay", False)
+
+
+def mark_weight_decay(model: nn.Module) -> None:
+    """Record on every parameter whether AdamW decays it, from its shape now. FSDP (which sets up
+    the optimizer after wrapping) turns each parameter into a 1-D view of its rank's shard: the same
+    Parameter object, attributes kept, but no longer the shape `parameter_groups` reads."""
+    for param in model.parameters():
+        param._decays = _decays(param)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,

@@ -26,6 +26,7 @@ from ..recipe import Recipe
 from .checkpoint_io import AtomicCheckpointIO
 from .data import EvenSplit, StepStream
 from .guards import NONFINITE_MODES, NonFiniteGuard, StepSeed
+from .optim import mark_weight_decay
 
 # Lightning strategies a recipe may name. "ddp" launches one process per device from the command
 # (or joins the processes torchrun or SLURM started); spawn-based strategies are left out: they pickle
@@ -139,6 +140,9 @@ class TrainRecipe(Recipe):
             save_last=True)
         callbacks = [checkpoints, L.pytorch.callbacks.LearningRateMonitor("step"), StepSeed(self.seed),
                      NonFiniteGuard(self.on_nonfinite)]
+        sharded = self.strategy == "fsdp"
+        if sharded and self.grad_clip:
+            callbacks.append(ShardedClip(self.grad_clip))
         if self.progress:
             callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
         loggers = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version="")]
@@ -155,7 +159,7 @@ class TrainRecipe(Recipe):
             # Validation data is split by EvenSplit (padding not counted), not by Lightning's
             # DistributedSampler, which pads with repeated windows that would count twice.
             use_distributed_sampler=False,
-            gradient_clip_val=self.grad_clip, callbacks=callbacks,
+            gradient_clip_val=None if sharded else self.grad_clip, callbacks=callbacks,
             logger=loggers, plugins=[AtomicCheckpointIO()], enable_progress_bar=self.progress,
             enable_model_summary=False, log_every_n_steps=self.log_every, num_sanity_val_steps=0,
             default_root_dir=run_dir)
@@ -203,6 +207,7 @@ class TrainRecipe(Recipe):
         valid = EvenSplit(valid_data, mark_padding=getattr(module, "VALIDATION_KEEP", False))
         # Each process learns its rank once its distributed environment is set up (Shard, below).
         trainer.callbacks.append(Shard(train_data, valid, accumulate))
+        mark_weight_decay(module)
         full_weights = FullWeights() if self.strategy == "fsdp" else None
         if full_weights is not None:
             trainer.callbacks.append(full_weights)
@@ -213,12 +218,15 @@ class TrainRecipe(Recipe):
             trainer.fit(module, train_dataloaders=DataLoader(train_data, batch_size=None,
                                                              num_workers=self.num_workers),
                         val_dataloaders=valid_loader, ckpt_path=str(last) if self.resume else None)
+        if full_weights is not None:
+            full_weights.restore(module)
         value = trainer.callback_metrics.get(metric)
-        if value is None or trainer.global_step % max(1, self.val_every):
+        # A run stopped by max_minutes ends between validations: validate the weights it ends with.
+        if value is None or trainer.global_step % max(1, min(self.val_every, self.max_steps)):
             trainer.validate(module, valid_loader, verbose=False)
             value = trainer.callback_metrics[metric]
-        if full_weights is not None and trainer.is_global_zero:
-            full_weights.restore(module)
+            if full_weights is not None:  # validate wrapped (and so sharded) the module again
+                full_weights.restore(module)
         return trainer, float(value)
 
 
@@ -254,18 +262,34 @@ class Shard(L.Callback):
                 counter.completed += shift
 
 
+class ShardedClip(L.Callback):
+    """Gradient clipping by the global norm under FSDP, where Lightning's own clipping refuses ("norm"
+    is not supported for FSDPPrecision): FSDP's clip_grad_norm_ takes the norm over every rank's shards
+    (a collective). It runs after NonFiniteGuard (callbacks run in order) and before the optimizer step."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        trainer.strategy.model.clip_grad_norm_(self.max_norm)
+
+
 class FullWeights(L.Callback):
-    """Under FSDP each rank keeps a shard of every weight, the module's own parameters included: gather
-    the full weights at the end of training (a collective: every rank takes part) and, with `restore`,
-    put them back into rank 0's module, which then exports as after a one-device run.
-    Untested: Lightning runs FSDP on GPUs only, and CI has none."""
+    """Under FSDP each rank keeps a shard of every weight, the module's own parameters included (as
+    1-D views of its shard). At the end of training gather the full weights on every rank (a
+    collective) and, with `restore`, put them back into the module: rank 0 then exports as after a
+    one-device run, and a later `trainer.validate`, which wraps the module in FSDP again, shards whole
+    weights rather than the old shards.
+    Tested on two GPUs (tests/training/test_fsdp.py); Lightning runs FSDP on GPUs only, so CI skips it."""
 
     def __init__(self) -> None:
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        state = trainer.strategy.lightning_module_state_dict()  # full tensors on rank 0, on the CPU
-        self.state = dict(state) if trainer.is_global_zero else None
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False):
+            self.state = {name: param.detach().clone() for name, param in pl_module.named_parameters()}
 
     @torch.no_grad()
     def restore(self, module: L.LightningModule) -> None:

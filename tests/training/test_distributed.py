@@ -52,7 +52,9 @@ print("rank", os.environ.get("LOCAL_RANK", "0"), "returned", result.steps, flush
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # ROOT first; packages installed with --target (the GPU machine's) stay reachable after it.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

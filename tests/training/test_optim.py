@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mambaseq.config import MambaConfig
 from mambaseq.models import MambaLM
 from mambaseq.training import make_optimizer, make_scheduler, parameter_groups, warmup_cosine
+from mambaseq.training.optim import mark_weight_decay
 
 
 def _groups_by_name(model, weight_decay=0.1):
@@ -89,6 +90,17 @@ def test_tied_weight_appears_once():
     decay, no_decay, _, _ = _groups_by_name(model)
     everything = decay["params"] + no_decay["params"]
     assert sum(p is model.lm_head.weight for p in everything) == 1
+
+
+def test_marked_groups_survive_flattening_into_shards():
+    """As FSDP leaves them when the optimizer is made: every parameter a 1-D view of its shard."""
+    model = _tiny(tie_embeddings=False)
+    _, _, decay, no_decay = _groups_by_name(model)
+    mark_weight_decay(model)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.reshape(-1)[: max(1, param.numel() // 2)]
+    assert _groups_by_name(model)[2:] == (decay, no_decay)
 
 
 def test_frozen_parameters_left_out():
