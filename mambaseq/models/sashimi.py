@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import JsonConfig, MambaConfig
-from .cache import LayerState
+from .cache import LayerState, StackedStates
 from .lm import MambaBlock
 
 # Fields shared with MambaConfig, passed on to the Mamba blocks of every stage.
@@ -378,13 +378,11 @@ class SashimiLM(nn.Module):
         dtype = dtype or weight.dtype
         stream_dtype = torch.float32 if cfg.residual_in_fp32 else dtype
 
-        def states(blocks: nn.ModuleList, stage: int) -> list[LayerState]:
+        def states(blocks: nn.ModuleList, stage: int) -> StackedStates:
+            # One stacked tensor per stack and kind of state, the blocks' states views into it.
             bc = cfg.block_config(stage)
-            return [LayerState(conv=torch.zeros(batch_size, bc.d_inner, bc.d_conv - 1, device=weight.device,
-                                                dtype=dtype),
-                               ssm=torch.zeros(batch_size, bc.d_inner, bc.d_state, device=weight.device,
-                                               dtype=torch.float32))
-                    for _ in blocks]
+            return StackedStates.zeros(len(blocks), batch_size, bc.d_inner, bc.d_conv, bc.d_state,
+                                       device=weight.device, dtype=dtype)
 
         def buffer(s: int) -> Tensor:
             return torch.zeros(batch_size, cfg.pool[s], cfg.width(s), device=weight.device, dtype=stream_dtype)
