@@ -521,3 +521,19 @@ def test_sampler_keeps_layer_states_views_of_the_stacked_cache():
     for states in [cache.center, *(s for stage in cache.stages for s in (stage.down, stage.up))]:
         assert states.intact()
         assert all(state.ssm.data_ptr() == states.ssm[l].data_ptr() for l, state in enumerate(states))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["mamba", "sashimi"])
+def test_cuda_graph_fused_stack_step_equals_per_block(kind, monkeypatch):
+    # The fused stack step (one launch per stack) inside the captured chunk gives the tokens of
+    # the block-by-block step.
+    model = _cuda_model(kind)
+    runs = {}
+    for value in ("0", "1"):
+        monkeypatch.setenv("MAMBASEQ_STACK_STEP", value)
+        generator = torch.Generator(device="cuda").manual_seed(3)
+        runs[value] = sample_stream(model, None, 160, SamplingConfig(), generator, batch_size=4)
+        assert runs[value].used_cuda_graph
+    assert torch.equal(runs["1"].tokens, runs["0"].tokens)
+    torch.testing.assert_close(runs["1"].log_likelihood, runs["0"].log_likelihood, rtol=1e-5, atol=1e-3)

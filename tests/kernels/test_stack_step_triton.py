@@ -115,3 +115,38 @@ def test_rejects_states_of_the_wrong_shape():
         mamba_stack_step(residual, w, conv, ssm.transpose(2, 3).contiguous())
     with pytest.raises(ValueError, match="ssm_state"):
         mamba_stack_step(residual, w, conv, ssm.double())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("d_model", [64, 128, 256])  # the three stage widths of sashimi-sc09
+@pytest.mark.parametrize(("batch", "block_b"), [(1, None), (7, None), (256, None), (256, 16), (256, 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_matches_reference_at_real_shapes(seed, d_model, batch, block_b, dtype):
+    w = random_weights(8, d_model, 16, 4, dtype=dtype, bias=False)
+    check_steps(w, batch, torch.float32, 1e-5 if dtype == torch.float32 else 1e-2, block_b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch", [1, 256])
+def test_time_invariant_at_real_shapes(seed, batch):
+    w = random_weights(8, 128, 16, 4, selective=False)
+    check_steps(w, batch, torch.float32, 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_replays_from_a_cuda_graph(seed):
+    w = random_weights(4, 64, 16, 4)
+    conv, ssm = random_states(w, 3, torch.float32)
+    conv_ref, ssm_ref = conv.clone(), ssm.clone()
+    residual = torch.randn(3, 64, device=DEVICE)
+    mamba_stack_step(residual, w, conv.clone(), ssm.clone())  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mamba_stack_step(residual, w, conv, ssm)
+    for _ in range(3):
+        graph.replay()
+        ref = mamba_stack_step_ref(residual, w, conv_ref, ssm_ref)
+        assert rel_err(out, ref) < 1e-5 and rel_err(ssm, ssm_ref) < 1e-5
