@@ -19,9 +19,14 @@ the whole run stops starting new rows after `--budget` seconds; every finished r
 and the JSON rewritten, so a killed run still leaves its results. Peak memory: CUDA's
 max_memory_allocated over the timed calls.
 
+Stack step: every row runs with the fused stack step (`--stack-step on`: each stack of Mamba blocks
+in one `mamba_stack_step` launch), the block-by-block step (`off`, MAMBASEQ_STACK_STEP=0), or, by
+default, both, one row each; the row's "stack_step" field and table column say which.
+`--stack-block-b` fixes the kernel's rows per program (MAMBASEQ_STACK_BLOCK_B) instead of its heuristic.
+
 GPU (about 3-6 minutes):
 
-    python benchmarks/audio_generate.py --device cuda --out runs/audio_generate.json
+    python benchmarks/audio_generate.py --device cuda --stack-step both --out runs/audio_generate.json
 
 Quick CPU check:
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import traceback
@@ -47,6 +53,7 @@ from mambaseq.config import MambaConfig
 from mambaseq.generation import SamplingConfig, sample_stream
 from mambaseq.kernels import backend_for, triton_version
 from mambaseq.models import MambaLM, SashimiConfig, SashimiLM
+from mambaseq.models.stack_step import ENV_VAR as STACK_STEP_ENV
 from mambaseq.sysinfo import cpu_name
 
 RATE = 16000
@@ -115,21 +122,26 @@ def measure(model: torch.nn.Module, batch: int, graph: bool, args: argparse.Name
     }
 
 
-HEADER = ("| model | batch | CUDA graph | samples/stream | per stream samples/s | aggregate samples/s "
-          "| x real time | setup s | peak MiB | target |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+HEADER = ("| model | batch | CUDA graph | stack step | samples/stream | per stream samples/s | aggregate samples/s "
+          "| x real time | setup s | peak MiB | target |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|")
 
 
 def row_markdown(row: dict[str, Any]) -> str:
     if "error" in row or "skipped" in row:
         why = row.get("error") or row["skipped"]
-        return f"| {row['model']} | {row['batch']} | {row['graph']} | - | - | - | - | - | - | {why} |"
+        return (f"| {row['model']} | {row['batch']} | {row['graph']} | {_on_off(row['stack_step'])} "
+                f"| - | - | - | - | - | - | {why} |")
     peak = "-" if row["peak_memory_mib"] is None else f"{row['peak_memory_mib']:,.0f}"
     target = ("-" if row["target_samples_per_s"] is None else
               f"{'met' if row['target_met'] else 'missed'} ({row['target_samples_per_s']:,})")
     return (f"| {row['model']} | {row['batch']} | {'yes' if row['cuda_graph'] else 'no'} | "
-            f"{row['samples_per_stream']:,} | {row['per_stream_samples_per_s']:,.0f} | "
+            f"{_on_off(row['stack_step'])} | {row['samples_per_stream']:,} | {row['per_stream_samples_per_s']:,.0f} | "
             f"{row['aggregate_samples_per_s']:,.0f} | {row['real_time_factor']:,.2f} | "
             f"{row['setup_s_median']:.2f} | {peak} | {target} |")
+
+
+def _on_off(flag: bool) -> str:
+    return "fused" if flag else "per block"
 
 
 def environment(args: argparse.Namespace, models: dict[str, torch.nn.Module]) -> dict[str, Any]:
@@ -140,6 +152,7 @@ def environment(args: argparse.Namespace, models: dict[str, torch.nn.Module]) ->
         "torch": torch.__version__, "triton": triton_version(), "mambaseq": __version__,
         "threads": torch.get_num_threads(), "dtype": args.dtype,
         "state_update_backend": backend_for("selective_state_update", device),
+        "stack_step_backend": backend_for("mamba_stack_step", device),
         "parameters": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
         "command": vars(args),
     }
@@ -159,6 +172,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=400.0, help="Start no new row after this many seconds.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-eager", action="store_true", help="Skip the rows without CUDA graphs.")
+    parser.add_argument("--stack-step", default="both", choices=["on", "off", "both"],
+                        help="Fused stack step (one launch per stack of blocks), the per-block step, or a row of each.")
+    parser.add_argument("--stack-block-b", type=int, default=None,
+                        help="Rows per program of the fused stack step (a power of two; default: its heuristic).")
     args = parser.parse_args()
 
     begin = time.perf_counter()
@@ -167,10 +184,16 @@ def main() -> None:
     print(json.dumps(report["environment"], indent=1), flush=True)
     cuda = args.device.startswith("cuda")
     modes = ([True] if cuda else []) + ([] if args.no_eager and cuda else [False])
-    plan = [(graph, name, batch) for graph in modes for name in models for batch in args.batch_sizes]
+    stack_modes = {"on": [True], "off": [False], "both": [True, False]}[args.stack_step]
+    if args.stack_block_b is not None:
+        os.environ["MAMBASEQ_STACK_BLOCK_B"] = str(args.stack_block_b)
+    plan = [(graph, name, batch, stack) for graph in modes for name in models for batch in args.batch_sizes
+            for stack in stack_modes]
     print(HEADER, flush=True)
-    for graph, name, batch in plan:
-        row: dict[str, Any] = {"model": name, "batch": batch, "graph": graph}
+    for graph, name, batch, stack in plan:
+        row: dict[str, Any] = {"model": name, "batch": batch, "graph": graph, "stack_step": stack}
+        # Read at every step (and so when each row's graph is captured): the row's own setting.
+        os.environ[STACK_STEP_ENV] = "1" if stack else "0"
         if time.perf_counter() - begin > args.budget:
             row["skipped"] = f"skipped: past the {args.budget:.0f} s budget"
         else:

@@ -185,6 +185,10 @@ def _set(holder: Any, key: Any, value: Any) -> None:
         setattr(holder, key, value)
 
 
+def _own(tensor: Tensor) -> Tensor:
+    return tensor if tensor.is_contiguous() else tensor.contiguous().clone()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -194,7 +198,7 @@ class _ChunkSampler:
     """Static buffers and the work of `chunk` consecutive samples, which a CUDA graph can capture.
 
     A CUDA graph replays fixed kernels on fixed addresses, so every tensor the per-sample work
-    reads across samples lives in a buffer allocated once here: the cache tensors (pinned: a model
+    reads across samples lives in a buffer fixed here: the cache tensors (pinned: a model
     step that replaces a cache tensor instead of updating it, as SashimiLM does with `pending` and
     `upsampled`, has its result copied back into the pinned one), the logits of the next sample, the
     exponential noise of the chunk, the chunk's tokens and the running log-likelihood. `run_chunk`
@@ -206,7 +210,10 @@ class _ChunkSampler:
         self.model, self.cache, self.sampling = model, cache, sampling
         self.vocab_limit, self.chunk = vocab_limit, chunk
         self.slots = _tensor_slots(cache)
-        self.pinned = [_get(h, k).contiguous().clone() for h, k in self.slots]
+        # The cache's own tensors (the cache is this sampler's), not copies: a layer state may be a
+        # view into a stacked tensor that the fused stack step updates (models.cache.StackedStates),
+        # and a copy would cut it off. Only a non-contiguous one (none the models make) is copied.
+        self.pinned = [_own(_get(h, k)) for h, k in self.slots]
         self.restore_slots()
         batch, device = logits.shape[0], logits.device
         self.logits = logits.contiguous().clone()  # (batch, padded vocab): predicts the next sample
@@ -294,11 +301,18 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _expand_cache(cache: Any, batch: int) -> None:
-    """Repeat a batch-1 cache to `batch` identical rows, in place."""
-    for holder, key in _tensor_slots(cache):
-        value = _get(holder, key)
-        _set(holder, key, value.expand(batch, *value.shape[1:]).contiguous())
+def _expand_cache(model: nn.Module, cache: Any, batch: int) -> Any:
+    """A cache of `batch` rows, each a copy of batch-1 `cache`.
+
+    Allocated by the model and filled in place rather than by replacing the tensors of `cache`,
+    which would break states that are views into a stacked tensor (models.cache.StackedStates).
+    """
+    expanded = model.allocate_cache(batch)
+    for (holder, key), (big_holder, big_key) in zip(_tensor_slots(cache), _tensor_slots(expanded), strict=True):
+        target = _get(big_holder, big_key)
+        target.copy_(_get(holder, key).expand_as(target))
+    expanded.seqlen_offset = cache.seqlen_offset
+    return expanded
 
 
 @torch.no_grad()
@@ -375,7 +389,7 @@ def sample_stream(
     logits = model(prompt.to(device), cache=cache)[:, -1]
     offset = cache.seqlen_offset
     if prompt.shape[0] != batch:
-        _expand_cache(cache, batch)
+        cache = _expand_cache(model, cache, batch)
         logits = logits.expand(batch, -1)
     _sync(device)
     now = time.perf_counter()

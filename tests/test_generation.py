@@ -494,3 +494,46 @@ def test_sampling_loop_never_synchronises(kind):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_expanded_cache_is_stacked_with_identical_rows():
+    from mambaseq.generation import _expand_cache
+
+    model = _sashimi()
+    cache = model.allocate_cache(1)
+    with torch.no_grad():
+        model(torch.randint(0, 32, (1, 7)), cache=cache)
+    big = _expand_cache(model, cache, 3)
+    assert big.seqlen_offset == 7 and big.batch_size == 3
+    for small, states in [(cache.center, big.center), (cache.stages[1].up, big.stages[1].up)]:
+        assert states.intact() and states.conv.shape[1] == 3
+        assert torch.equal(states.ssm, small.ssm.expand_as(states.ssm))
+    assert torch.equal(big.stages[0].pending, cache.stages[0].pending.expand(3, -1, -1))
+
+
+def test_sampler_keeps_layer_states_views_of_the_stacked_cache():
+    # The fused stack step writes the stacked tensor: the pinned layer states must alias it.
+    model = _sashimi()
+    cache = model.allocate_cache(2)
+    with torch.no_grad():
+        logits = model(torch.zeros(2, 3, dtype=torch.long), cache=cache)[:, -1]
+        _ChunkSampler(model, cache, logits, SamplingConfig(), 32, 16).run_chunk(16)
+    for states in [cache.center, *(s for stage in cache.stages for s in (stage.down, stage.up))]:
+        assert states.intact()
+        assert all(state.ssm.data_ptr() == states.ssm[l].data_ptr() for l, state in enumerate(states))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["mamba", "sashimi"])
+def test_cuda_graph_fused_stack_step_equals_per_block(kind, monkeypatch):
+    # The fused stack step (one launch per stack) inside the captured chunk gives the tokens of
+    # the block-by-block step.
+    model = _cuda_model(kind)
+    runs = {}
+    for value in ("0", "1"):
+        monkeypatch.setenv("MAMBASEQ_STACK_STEP", value)
+        generator = torch.Generator(device="cuda").manual_seed(3)
+        runs[value] = sample_stream(model, None, 160, SamplingConfig(), generator, batch_size=4)
+        assert runs[value].used_cuda_graph
+    assert torch.equal(runs["1"].tokens, runs["0"].tokens)
+    torch.testing.assert_close(runs["1"].log_likelihood, runs["0"].log_likelihood, rtol=1e-5, atol=1e-3)

@@ -14,6 +14,10 @@ Tensor layout, the same for every backend (see `reference.py` for the full contr
     selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=True) -> y
         x, dt, z: (batch, dim); B, C: (batch, n_groups, d_state); state updated in place.
+    mamba_stack_step(residual, weights, conv_state, ssm_state) -> residual
+        one position through a whole stack of Mamba blocks (RMSNorm) in one call: residual
+        (batch, d_model); weights: StackWeights; conv_state (n_layer, batch, dim, width - 1) and
+        ssm_state (n_layer, batch, dim, d_state) fp32 updated in place.
 
 Backend choice: CUDA tensors take the Triton kernel of an op when one is registered, everything
 else the PyTorch reference. `MAMBASEQ_KERNELS=reference|triton` forces one (`auto`, the default,
@@ -30,8 +34,9 @@ from typing import Any
 import torch
 
 from . import reference
+from .stack_weights import StackWeights
 
-OPS = ("selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update")
+OPS = ("selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "mamba_stack_step")
 ENV_VAR = "MAMBASEQ_KERNELS"
 CHOICES = ("auto", "reference", "triton")
 
@@ -42,6 +47,7 @@ _REFERENCE: dict[str, Callable[..., Any]] = {
     "causal_conv1d": reference.causal_conv1d_ref,
     "causal_conv1d_update": reference.causal_conv1d_update_ref,
     "selective_state_update": reference.selective_state_update_ref,
+    "mamba_stack_step": reference.mamba_stack_step_ref,
 }
 
 # Triton fast paths: op -> module of this package that defines a function of the op's name.
@@ -52,6 +58,7 @@ _TRITON_MODULES: dict[str, str] = {
     "causal_conv1d": "conv1d",
     "causal_conv1d_update": "conv1d",
     "selective_state_update": "state_update",
+    "mamba_stack_step": "stack_step",
 }
 _TRITON: dict[str, Callable[..., Any]] = {}
 
@@ -140,6 +147,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
+def mamba_stack_step(residual, weights, conv_state, ssm_state):
+    return _dispatch("mamba_stack_step", residual.device)(residual, weights, conv_state, ssm_state)
+
+
 for _op in OPS:
     globals()[_op].__doc__ = _REFERENCE[_op].__doc__
 
@@ -148,10 +159,12 @@ __all__ = [
     "ENV_VAR",
     "OPS",
     "KernelBackendError",
+    "StackWeights",
     "backend_for",
     "backend_report",
     "causal_conv1d",
     "causal_conv1d_update",
+    "mamba_stack_step",
     "requested_backend",
     "selective_scan",
     "selective_state_update",

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .stack_weights import StackWeights
+
 
 class _ScanInputs(NamedTuple):
     u: Tensor  # (batch, dim, L) compute dtype
@@ -431,3 +433,37 @@ def selective_state_update_ref(
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(x.dtype)
+
+
+def mamba_stack_step_ref(residual: Tensor, weights: StackWeights, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+    """One position through a stack of n_layer Mamba blocks with RMSNorm:
+    residual_{l+1} = residual_l + mixer_l(rmsnorm_l(residual_l)).
+
+    residual: (batch, d_model), fp32 or the model dtype; weights: a StackWeights;
+    conv_state: (n_layer, batch, d_inner, d_conv - 1) in the model dtype and
+    ssm_state: (n_layer, batch, d_inner, d_state) fp32, both updated in place.
+    Returns the residual after the last block: (batch, d_model) in residual.dtype.
+    The same ops, casts and order as `MambaBlock.step` block by block (models/lm.py, models/mixer.py).
+    """
+    w = weights
+    d_inner, R, N = w.d_inner, w.dt_rank, w.d_state
+
+    def at(t: Tensor | None, l: int) -> Tensor | None:
+        return None if t is None else t[l]
+
+    for l in range(w.n_layer):
+        hidden = F.rms_norm(residual.to(w.dtype), (w.d_model,), w.norm_weight[l], w.eps)
+        xz = F.linear(hidden, w.in_proj_weight[l], at(w.in_proj_bias, l))
+        x, z = xz[:, :d_inner], xz[:, d_inner:]
+        x = causal_conv1d_update_ref(x, conv_state[l], w.conv_weight[l], at(w.conv_bias, l), activation="silu")
+        if w.selective:
+            dt, B, C = torch.split(F.linear(x, w.x_proj_weight[l]), [R, N, N], dim=-1)
+            dt = F.linear(dt, w.dt_proj_weight[l])
+        else:
+            # Constant B, C: one group per channel (see MambaMixer.step); Δ = softplus(0 + dt_bias).
+            dt = torch.zeros_like(x)
+            B, C = w.B[l].expand(x.shape[0], -1, -1), w.C[l].expand(x.shape[0], -1, -1)
+        y = selective_state_update_ref(ssm_state[l], x, dt, w.A[l], B, C, D=w.D[l], z=z, dt_bias=w.dt_bias[l],
+                                       dt_softplus=True)
+        residual = residual + F.linear(y, w.out_proj_weight[l], at(w.out_proj_bias, l))
+    return residual

@@ -1,6 +1,6 @@
 """nn.Modules only: mixer, backbone, LM, heads and the inference cache. No data, files or CLI."""
 
-from .cache import InferenceCache, LayerState
+from .cache import InferenceCache, LayerState, StackedStates
 from .classifier import MambaClassifier
 from .heads import HEAD_NORMS, POOLINGS, ClassificationHead, pool
 from .lm import MambaBackbone, MambaBlock, MambaLM
@@ -22,5 +22,6 @@ __all__ = [
     "SashimiCache",
     "SashimiConfig",
     "SashimiLM",
+    "StackedStates",
     "pool",
 ]

@@ -20,9 +20,42 @@ class LayerState:
     ssm: Tensor
 
 
+class StackedStates(list):
+    """The LayerStates of a stack of consecutive blocks, each a view into one pair of stacked tensors.
+
+    conv: (n_layer, batch, d_inner, d_conv - 1); ssm: (n_layer, batch, d_inner, d_state) fp32;
+    self[l] is LayerState(conv[l], ssm[l]). Code that updates a layer's state in place (every step
+    and prefill path does) updates the stacked tensors too, so the fused stack step
+    (`kernels.mamba_stack_step`) can read and write all layers at once while the per-layer paths
+    keep working unchanged. Code that rebinds `self[l].conv` to another tensor detaches that layer
+    from the stack; `intact()` notices, and the fused step is then skipped.
+    """
+
+    def __init__(self, conv: Tensor, ssm: Tensor) -> None:
+        super().__init__(LayerState(conv[l], ssm[l]) for l in range(conv.shape[0]))
+        self.conv, self.ssm = conv, ssm
+        # The view objects themselves: identity is the cheapest check that nobody rebound them.
+        self._views = [(state.conv, state.ssm) for state in self]
+
+    @classmethod
+    def zeros(cls, n_layer: int, batch: int, d_inner: int, d_conv: int, d_state: int,
+              device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> StackedStates:
+        return cls(torch.zeros(n_layer, batch, d_inner, d_conv - 1, device=device, dtype=dtype),
+                   torch.zeros(n_layer, batch, d_inner, d_state, device=device, dtype=torch.float32))
+
+    def intact(self) -> bool:
+        """Whether every layer's state still is its view into the stacked tensors."""
+        return len(self) == len(self._views) and all(
+            state.conv is conv and state.ssm is ssm for state, (conv, ssm) in zip(self, self._views, strict=True))
+
+
 @dataclass
 class InferenceCache:
-    """Per-layer states plus the number of positions already consumed."""
+    """Per-layer states plus the number of positions already consumed.
+
+    `empty` makes `layers` a StackedStates (one stacked tensor per kind of state, layers as views);
+    `detach` and `select` keep it one while it is intact.
+    """
 
     layers: list[LayerState]
     seqlen_offset: int = 0
@@ -31,18 +64,15 @@ class InferenceCache:
     def empty(cls, n_layer: int, batch: int, d_inner: int, d_conv: int, d_state: int,
               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
               ) -> InferenceCache:
-        layers = [
-            LayerState(
-                conv=torch.zeros(batch, d_inner, d_conv - 1, device=device, dtype=dtype),
-                ssm=torch.zeros(batch, d_inner, d_state, device=device, dtype=torch.float32),
-            )
-            for _ in range(n_layer)
-        ]
-        return cls(layers)
+        return cls(StackedStates.zeros(n_layer, batch, d_inner, d_conv, d_state, device=device, dtype=dtype))
 
     @property
     def batch_size(self) -> int:
         return self.layers[0].ssm.shape[0]
+
+    def _stacked(self) -> StackedStates | None:
+        layers = self.layers
+        return layers if isinstance(layers, StackedStates) and layers.intact() else None
 
     def reset(self) -> None:
         for layer in self.layers:
@@ -52,10 +82,16 @@ class InferenceCache:
 
     def detach(self) -> InferenceCache:
         """A copy cut from the autograd graph (for truncated backprop through long streams)."""
+        stacked = self._stacked()
+        if stacked is not None:
+            return InferenceCache(StackedStates(stacked.conv.detach(), stacked.ssm.detach()), self.seqlen_offset)
         return InferenceCache([LayerState(s.conv.detach(), s.ssm.detach()) for s in self.layers],
                               self.seqlen_offset)
 
     def select(self, index: Tensor) -> InferenceCache:
         """The cache of the batch rows in `index` (for beam or row reordering)."""
+        stacked = self._stacked()
+        if stacked is not None:
+            return InferenceCache(StackedStates(stacked.conv[:, index], stacked.ssm[:, index]), self.seqlen_offset)
         return InferenceCache([LayerState(s.conv[index], s.ssm[index]) for s in self.layers],
                               self.seqlen_offset)

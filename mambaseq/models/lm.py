@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..config import MambaConfig
 from .cache import InferenceCache, LayerState
 from .mixer import MambaMixer
+from .stack_step import prepare_stack_step, step_blocks
 
 
 def _norm(config: MambaConfig) -> nn.Module:
@@ -58,10 +59,11 @@ class MambaBackbone(nn.Module):
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
     def step(self, input_ids: Tensor, cache: InferenceCache) -> Tensor:
-        """input_ids: (batch,) -> hidden (batch, d_model); advances `cache` by one position."""
-        residual = self._residual(input_ids)
-        for layer, state in zip(self.layers, cache.layers, strict=True):
-            residual = layer.step(residual, state)
+        """input_ids: (batch,) -> hidden (batch, d_model); advances `cache` by one position.
+
+        Without autograd, all blocks run as one fused `mamba_stack_step` when they can (see
+        models/stack_step.py; MAMBASEQ_STACK_STEP=0 forces the block-by-block step)."""
+        residual = step_blocks(self.layers, self._residual(input_ids), cache.layers)
         cache.seqlen_offset += 1
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
 
@@ -122,6 +124,7 @@ class MambaLM(nn.Module):
         """An empty (zero) cache for `batch_size` streams on this model's device."""
         cfg = self.config
         weight = self.lm_head.weight
+        prepare_stack_step(self.backbone.layers)  # packed now, never inside a CUDA-graph capture
         return InferenceCache.empty(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_conv, cfg.d_state,
                                     device=weight.device, dtype=dtype or weight.dtype)
 

@@ -73,8 +73,8 @@ class MambaMixer(nn.Module):
     def forward(self, hidden: Tensor, state: LayerState | None = None) -> Tensor:
         """hidden: (batch, L, d_model) -> (batch, L, d_model).
 
-        With `state`, the sequence continues from it and the state is replaced by the one at the
-        end (prefill and chunked streaming).
+        With `state`, the sequence continues from it and the state is overwritten (in place, unless
+        gradients flow through it) by the one at the end (prefill and chunked streaming).
         """
         if state is None and self.config.selective and self.config.fused_inner:
             # Same result; autograd keeps only `hidden` and the weights (backward recomputes the rest).
@@ -111,7 +111,14 @@ class MambaMixer(nn.Module):
         else:
             y, ssm_state = selective_scan(x, delta, A, B, C, **scan_args, initial_state=state.ssm,
                                           return_final_state=True)
-            state.conv, state.ssm = conv_state.to(state.conv.dtype), ssm_state.float()
+            if torch.is_grad_enabled() and (conv_state.requires_grad or ssm_state.requires_grad):
+                # Backprop through a stream: the new states carry the graph, so they replace the
+                # old tensors (a stacked cache then steps block by block: see cache.StackedStates).
+                state.conv, state.ssm = conv_state.to(state.conv.dtype), ssm_state.float()
+            else:
+                # In place, so that states which are views into a stacked cache stay views.
+                state.conv.copy_(conv_state)
+                state.ssm.copy_(ssm_state)
         return self.out_proj(y.transpose(1, 2))
 
     @staticmethod

@@ -49,8 +49,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import JsonConfig, MambaConfig
-from .cache import LayerState
+from .cache import LayerState, StackedStates
 from .lm import MambaBlock
+from .stack_step import prepare_stack_step, step_blocks
 
 # Fields shared with MambaConfig, passed on to the Mamba blocks of every stage.
 _BLOCK_FIELDS = ("d_state", "d_conv", "expand", "dt_min", "dt_max", "dt_init_floor", "conv_bias", "bias",
@@ -244,15 +245,13 @@ class SashimiCache:
 
 def _run_blocks(blocks: nn.ModuleList, x: Tensor, states: list[LayerState] | None = None) -> Tensor:
     """x: (batch, T, D) through `blocks`; with `states`, continuing from them (one position: the
-    recurrent step, several: the scan with initial and final states)."""
+    recurrent step, fused into one `mamba_stack_step` where it can be, see models/stack_step.py;
+    several: the scan with initial and final states)."""
     if states is None:
         for block in blocks:
             x = block(x)
     elif x.shape[1] == 1:
-        x = x[:, 0]
-        for block, state in zip(blocks, states, strict=True):
-            x = block.step(x, state)
-        x = x[:, None]
+        x = step_blocks(blocks, x[:, 0], states)[:, None]
     else:
         for block, state in zip(blocks, states, strict=True):
             x = block(x, state)
@@ -398,13 +397,13 @@ class SashimiLM(nn.Module):
         dtype = dtype or weight.dtype
         stream_dtype = torch.float32 if cfg.residual_in_fp32 else dtype
 
-        def states(blocks: nn.ModuleList, stage: int) -> list[LayerState]:
+        def states(blocks: nn.ModuleList, stage: int) -> StackedStates:
+            # One stacked tensor per stack and kind of state, the blocks' states views into it; the
+            # stack's fused-step weights packed now, never inside a CUDA-graph capture.
+            prepare_stack_step(blocks)
             bc = cfg.block_config(stage)
-            return [LayerState(conv=torch.zeros(batch_size, bc.d_inner, bc.d_conv - 1, device=weight.device,
-                                                dtype=dtype),
-                               ssm=torch.zeros(batch_size, bc.d_inner, bc.d_state, device=weight.device,
-                                               dtype=torch.float32))
-                    for _ in blocks]
+            return StackedStates.zeros(len(blocks), batch_size, bc.d_inner, bc.d_conv, bc.d_state,
+                                       device=weight.device, dtype=dtype)
 
         def buffer(s: int) -> Tensor:
             return torch.zeros(batch_size, cfg.pool[s], cfg.width(s), device=weight.device, dtype=stream_dtype)

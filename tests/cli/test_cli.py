@@ -56,7 +56,8 @@ def test_info_help(capsys):
 def test_info_lists_ops_and_torch_version(capsys):
     code, out, err = _run(capsys, "info")
     assert code == 0, err
-    for op in ("selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update"):
+    for op in ("selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
+               "mamba_stack_step"):
         assert op in out
     assert torch.__version__ in out
     assert __version__ in out

@@ -40,7 +40,8 @@ def test_cuda_takes_registered_triton_kernel(monkeypatch, fake_triton_scan, no_t
     assert backend_for("selective_scan", "cpu") == "reference"
 
 
-@pytest.mark.parametrize("op", ["selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update"])
+@pytest.mark.parametrize("op", ["selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update",
+                                "mamba_stack_step"])
 def test_every_op_has_a_triton_kernel_for_cuda(monkeypatch, op):
     pytest.importorskip("triton")
     monkeypatch.delenv("MAMBASEQ_KERNELS", raising=False)
@@ -82,3 +83,11 @@ def test_report_covers_every_op_and_device():
     report = backend_report(["cpu", "cuda:0"])
     assert set(report) == {"cpu", "cuda:0"}
     assert all(set(row) == set(kernels.OPS) for row in report.values())
+
+
+def test_stack_step_dispatches_by_device(monkeypatch):
+    calls = []
+    monkeypatch.setitem(kernels._TRITON, "mamba_stack_step", lambda *args: calls.append(args))
+    monkeypatch.setitem(kernels._REFERENCE, "mamba_stack_step", lambda *args: "reference")
+    monkeypatch.delenv("MAMBASEQ_KERNELS", raising=False)
+    assert kernels.mamba_stack_step(torch.zeros(1, 4), None, None, None) == "reference" and not calls

@@ -268,12 +268,22 @@ def test_chunked_streaming_matches_one_shot(seed, pool, chunks):
     assert rel_err(stepped, full_more) <= 1e-5
 
 
-def test_inner_stage_steps_once_every_pool_factor(seed):
+@pytest.mark.parametrize("stack_step", ["0", "1"], ids=["per-block", "fused"])
+def test_inner_stage_steps_once_every_pool_factor(seed, monkeypatch, stack_step):
+    import mambaseq.models.sashimi as sashimi_module
+
+    monkeypatch.setenv("MAMBASEQ_STACK_STEP", stack_step)
     model = perturbed(small_config([4, 2]))
     calls = []
     model.center[0].register_forward_hook(lambda *args: calls.append("forward"))
-    original_step = model.center[0].step
-    model.center[0].step = lambda *args: calls.append("step") or original_step(*args)
+    step_blocks = sashimi_module.step_blocks
+
+    def counting(blocks, x, states):
+        if blocks is model.center:
+            calls.append("step")
+        return step_blocks(blocks, x, states)
+
+    monkeypatch.setattr(sashimi_module, "step_blocks", counting)
     cache = model.allocate_cache(1)
     with torch.no_grad():
         for t in range(24):

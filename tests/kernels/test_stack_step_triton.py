@@ -1,0 +1,152 @@
+"""The fused stack-step Triton kernel against its reference: returned residual and both states
+(updated in place), over consecutive steps, under the interpreter on CPU-only machines."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import rel_err
+
+pytest.importorskip("triton")
+
+from mambaseq.kernels import StackWeights
+from mambaseq.kernels.reference import mamba_stack_step_ref
+from mambaseq.kernels.stack_step import mamba_stack_step
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def random_weights(n_layer, d_model, d_state, d_conv, selective=True, bias=True, dtype=torch.float32, expand=2):
+    """Fresh random StackWeights of a plausible scale (unit-variance projections, Δ around 0.05)."""
+    di, R = expand * d_model, math.ceil(d_model / 16)
+
+    def w(*shape, fan_in=1, fp32=False):
+        t = torch.randn(n_layer, *shape, device=DEVICE) / math.sqrt(fan_in)
+        return t if fp32 else t.to(dtype)
+
+    def maybe(*shape):
+        return 0.1 * w(*shape) if bias else None
+
+    common = dict(
+        norm_weight=(1 + 0.2 * w(d_model, fp32=True)).to(dtype), eps=1e-5,
+        in_proj_weight=w(2 * di, d_model, fan_in=d_model), in_proj_bias=maybe(2 * di),
+        conv_weight=w(di, d_conv, fan_in=d_conv), conv_bias=maybe(di),
+        dt_bias=w(di, fp32=True) - 3.0, A=-torch.exp(0.5 * w(di, d_state, fp32=True)),
+        D=w(di, fp32=True), out_proj_weight=w(d_model, di, fan_in=di), out_proj_bias=maybe(d_model),
+    )
+    if selective:
+        return StackWeights(**common, x_proj_weight=w(R + 2 * d_state, di, fan_in=di),
+                            dt_proj_weight=w(di, R, fan_in=R))
+    return StackWeights(**common, B=w(di, d_state, fp32=True), C=w(di, d_state, fp32=True))
+
+
+def random_states(w, batch, state_dtype):
+    conv = torch.randn(w.n_layer, batch, w.d_inner, w.d_conv - 1, device=DEVICE).to(state_dtype)
+    ssm = torch.randn(w.n_layer, batch, w.d_inner, w.d_state, device=DEVICE)
+    return conv, ssm
+
+
+def check_steps(w, batch, residual_dtype, tol, block_b=None, steps=3):
+    conv, ssm = random_states(w, batch, w.dtype)
+    conv_ref, ssm_ref = conv.clone(), ssm.clone()
+    for _ in range(steps):
+        residual = torch.randn(batch, w.d_model, device=DEVICE).to(residual_dtype)
+        out = mamba_stack_step(residual, w, conv, ssm, block_b=block_b)
+        ref = mamba_stack_step_ref(residual, w, conv_ref, ssm_ref)
+        assert out.dtype == residual_dtype
+        assert rel_err(out, ref) < tol
+        assert rel_err(conv, conv_ref) < tol
+        assert rel_err(ssm, ssm_ref) < tol
+
+
+# (d_model, n_layer, batch, d_conv, d_state, block_b): block_b None is the default heuristic,
+# 16 goes through tl.dot (with a partial last row tile), 2 is a multi-row tile of broadcast products.
+SHAPES = [(16, 1, 1, 4, 16, None), (24, 3, 3, 2, 4, None), (24, 2, 17, 4, 16, 16), (16, 2, 5, 3, 4, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "d{}-n{}-b{}-k{}-s{}-bb{}".format(*s))
+@pytest.mark.parametrize("selective", [True, False], ids=["selective", "lti"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_matches_reference(seed, shape, selective, bias, dtype):
+    d_model, n_layer, batch, d_conv, d_state, block_b = shape
+    w = random_weights(n_layer, d_model, d_state, d_conv, selective, bias, dtype)
+    check_steps(w, batch, torch.float32, 1e-5 if dtype == torch.float32 else 1e-2, block_b)
+
+
+@pytest.mark.parametrize("block_b", [1, 16])
+def test_residual_in_model_dtype(seed, block_b):
+    # residual_in_fp32=False: the residual stream is bf16 and rounds after every block.
+    w = random_weights(2, 16, 4, 4, dtype=torch.bfloat16)
+    check_steps(w, 3, torch.bfloat16, 1e-2, block_b)
+
+
+def test_fp32_states_with_bf16_weights(seed):
+    # allocate_cache(dtype=torch.float32) on a bf16 model: the conv window is kept in fp32.
+    w = random_weights(2, 16, 4, 4, dtype=torch.bfloat16)
+    conv, ssm = random_states(w, 2, torch.float32)
+    conv_ref, ssm_ref = conv.clone(), ssm.clone()
+    residual = torch.randn(2, 16, device=DEVICE)
+    out = mamba_stack_step(residual, w, conv, ssm)
+    assert rel_err(out, mamba_stack_step_ref(residual, w, conv_ref, ssm_ref)) < 1e-2
+    assert rel_err(conv, conv_ref) < 1e-2
+
+
+def test_strided_residual_rows(seed):
+    # x[:, 0] of a (batch, 1, D) stream is contiguous, but a column slice of a wider buffer is not.
+    w = random_weights(2, 16, 4, 4)
+    wide = torch.randn(3, 40, device=DEVICE)
+    residual = wide[:, 5:21]
+    conv, ssm = random_states(w, 3, torch.float32)
+    conv_ref, ssm_ref = conv.clone(), ssm.clone()
+    out = mamba_stack_step(residual, w, conv, ssm)
+    assert rel_err(out, mamba_stack_step_ref(residual, w, conv_ref, ssm_ref)) < 1e-5
+
+
+def test_rejects_states_of_the_wrong_shape():
+    w = random_weights(2, 16, 4, 4)
+    conv, ssm = random_states(w, 3, torch.float32)
+    residual = torch.randn(3, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="conv_state"):
+        mamba_stack_step(residual, w, conv[:1], ssm)
+    with pytest.raises(ValueError, match="ssm_state"):
+        mamba_stack_step(residual, w, conv, ssm.transpose(2, 3).contiguous())
+    with pytest.raises(ValueError, match="ssm_state"):
+        mamba_stack_step(residual, w, conv, ssm.double())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("d_model", [64, 128, 256])  # the three stage widths of sashimi-sc09
+@pytest.mark.parametrize(("batch", "block_b"), [(1, None), (7, None), (256, None), (256, 16), (256, 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_matches_reference_at_real_shapes(seed, d_model, batch, block_b, dtype):
+    w = random_weights(8, d_model, 16, 4, dtype=dtype, bias=False)
+    check_steps(w, batch, torch.float32, 1e-5 if dtype == torch.float32 else 1e-2, block_b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch", [1, 256])
+def test_time_invariant_at_real_shapes(seed, batch):
+    w = random_weights(8, 128, 16, 4, selective=False)
+    check_steps(w, batch, torch.float32, 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_replays_from_a_cuda_graph(seed):
+    w = random_weights(4, 64, 16, 4)
+    conv, ssm = random_states(w, 3, torch.float32)
+    conv_ref, ssm_ref = conv.clone(), ssm.clone()
+    residual = torch.randn(3, 64, device=DEVICE)
+    mamba_stack_step(residual, w, conv.clone(), ssm.clone())  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mamba_stack_step(residual, w, conv, ssm)
+    for _ in range(3):
+        graph.replay()
+        ref = mamba_stack_step_ref(residual, w, conv_ref, ssm_ref)
+        assert rel_err(out, ref) < 1e-5 and rel_err(ssm, ssm_ref) < 1e-5
