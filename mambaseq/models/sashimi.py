@@ -251,7 +251,7 @@ def _run_blocks(blocks: nn.ModuleList, x: Tensor, states: list[LayerState] | Non
         for block in blocks:
             x = block(x)
     elif x.shape[1] == 1:
-        x = step_blocks(blocks, x[:, 0], states)[:, None]
+        x = step_blocks(blocks, x[:, 0], states, fused_by_default=True)[:, None]
     else:
         for block, state in zip(blocks, states, strict=True):
             x = block(x, state)
@@ -400,7 +400,7 @@ class SashimiLM(nn.Module):
         def states(blocks: nn.ModuleList, stage: int) -> StackedStates:
             # One stacked tensor per stack and kind of state, the blocks' states views into it; the
             # stack's fused-step weights packed now, never inside a CUDA-graph capture.
-            prepare_stack_step(blocks)
+            prepare_stack_step(blocks, fused_by_default=True)
             bc = cfg.block_config(stage)
             return StackedStates.zeros(len(blocks), batch_size, bc.d_inner, bc.d_conv, bc.d_state,
                                        device=weight.device, dtype=dtype)

@@ -6,9 +6,11 @@ whole stack of blocks in one `mamba_stack_step` call (one Triton launch on CUDA)
 
 - no autograd (the fused kernel has no backward), blocks with RMSNorm (LayerNorm blocks keep the
   per-block path), and states that are an intact `StackedStates` (what `allocate_cache` makes);
-- `MAMBASEQ_STACK_STEP=1` asks for it. It is off by default: on the H100 it made the sashimi-sc09
-  step 1.47x faster at batch 1 but a 14-block d_model 256 MambaLM 3.2x slower (one program per
-  batch row runs the whole stack on one SM), and batch 256 is not measured yet (RESULTS.md).
+- `MAMBASEQ_STACK_STEP` is `1` / `on`, or unset for a model that asks for it by default
+  (`fused_by_default`): SashimiLM does, MambaLM does not. On the H100 the fused step made
+  sashimi-sc09 generation 1.49x faster at batch 1 and 2.22x at batch 256, but a 14-block d_model 256
+  MambaLM 3.1x / 1.6x slower (one program per batch row runs a whole stack on one SM, and that
+  stack is deep and wide); RESULTS.md. `0` / `off` forces the per-block step.
 
 The packed weights (stacked copies, so one more copy of the blocks' weights in memory) are built
 once per stack and kept in a weak map keyed by the stack's ModuleList, together with the
@@ -35,16 +37,17 @@ if TYPE_CHECKING:
     from .lm import MambaBlock
 
 ENV_VAR = "MAMBASEQ_STACK_STEP"
-_OFF = ("", "0", "off", "false", "no")
+_OFF = ("0", "off", "false", "no")
 _ON = ("1", "on", "true", "yes")
 
 
-def stack_step_enabled() -> bool:
-    """True when MAMBASEQ_STACK_STEP asks for the fused stack step (1, on, true, yes); off by default."""
+def stack_step_enabled(fused_by_default: bool = False) -> bool:
+    """Whether to run the fused stack step: MAMBASEQ_STACK_STEP on (1, on, true, yes) or off (0, off,
+    false, no); unset, the model's own default."""
     value = os.environ.get(ENV_VAR, "").strip().lower()
-    if value not in _OFF + _ON:
-        raise ValueError(f"{ENV_VAR}={value!r} is not one of {', '.join(repr(v) for v in _OFF[1:] + _ON)}")
-    return value in _ON
+    if value and value not in _OFF + _ON:
+        raise ValueError(f"{ENV_VAR}={value!r} is not one of {', '.join(repr(v) for v in _OFF + _ON)}")
+    return value in _ON if value else fused_by_default
 
 
 @torch.no_grad()
@@ -112,17 +115,18 @@ def packed_weights(blocks: nn.ModuleList) -> StackWeights | None:
     return weights
 
 
-def prepare_stack_step(blocks: nn.ModuleList) -> None:
+def prepare_stack_step(blocks: nn.ModuleList, fused_by_default: bool = False) -> None:
     """Pack `blocks` now (when the fused step is on), so that the first step does not."""
-    if len(blocks) and stack_step_enabled():
+    if len(blocks) and stack_step_enabled(fused_by_default):
         packed_weights(blocks)
 
 
-def step_blocks(blocks: nn.ModuleList, residual: Tensor, states: Sequence[LayerState]) -> Tensor:
+def step_blocks(blocks: nn.ModuleList, residual: Tensor, states: Sequence[LayerState],
+                fused_by_default: bool = False) -> Tensor:
     """One position through `blocks`: residual (batch, d_model) -> (batch, d_model), updating
     `states` in place; one fused `mamba_stack_step` when possible (module docstring), else block by block."""
     if (len(blocks) and isinstance(states, StackedStates) and not torch.is_grad_enabled()
-            and stack_step_enabled() and states.intact()):
+            and stack_step_enabled(fused_by_default) and states.intact()):
         weights = packed_weights(blocks)
         if weights is not None:
             return mamba_stack_step(residual, weights, states.conv, states.ssm)

@@ -151,8 +151,13 @@ def _standardized(pooled, mean, var, eps=1e-8):
 @pytest.mark.parametrize(("batch", "d"), [(2, 3), (5, 8)])
 def test_batch_norm_head_standardizes_over_the_batch_in_training(batch, d):
     head = ClassificationHead(d, 4, norm="batch").train()
-    # Windows that differ by 1e-3 around a common 3: the standardized features are unit-sized.
-    hidden = 3 + 1e-3 * torch.randn(batch, 6, d, dtype=torch.float64)
+    # Windows that differ by about 1e-3 around a common 3: the standardized features are unit-sized.
+    # Rows are kept apart (row index + noise) so that no feature's spread falls to fp32's resolution
+    # at 3 (2.4e-7), where the head's fp32 arithmetic could not be held to 1e-3; and the inputs are
+    # rounded to fp32 first, so both sides standardize the same numbers.
+    rows = torch.arange(batch, dtype=torch.float64)[:, None, None]
+    spread = rows + 0.3 * torch.randn(batch, 6, d, dtype=torch.float64)
+    hidden = (3 + 1e-3 * spread).float().double()
     pooled = hidden.mean(1)
     want = _standardized(pooled, pooled.mean(0), pooled.var(0, unbiased=False)).float()
     assert want.abs().max() > 0.5

@@ -278,10 +278,10 @@ def test_inner_stage_steps_once_every_pool_factor(seed, monkeypatch, stack_step)
     model.center[0].register_forward_hook(lambda *args: calls.append("forward"))
     step_blocks = sashimi_module.step_blocks
 
-    def counting(blocks, x, states):
+    def counting(blocks, x, states, **kwargs):
         if blocks is model.center:
             calls.append("step")
-        return step_blocks(blocks, x, states)
+        return step_blocks(blocks, x, states, **kwargs)
 
     monkeypatch.setattr(sashimi_module, "step_blocks", counting)
     cache = model.allocate_cache(1)

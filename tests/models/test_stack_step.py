@@ -199,6 +199,18 @@ def test_rebound_state_steps_block_by_block(seed, fused_calls):
     assert cache.layers[1].ssm.abs().sum() > 0
 
 
+@pytest.mark.parametrize("make,fused", [(_mamba, False), (_sashimi, True)], ids=["mamba", "sashimi"])
+def test_unset_switch_takes_the_models_default(seed, monkeypatch, fused_calls, make, fused):
+    # SashimiLM fuses by default (measured faster on the H100), MambaLM does not (measured slower).
+    model = make()
+    monkeypatch.delenv(stack_module.ENV_VAR)
+    cache = model.allocate_cache(2)
+    with torch.no_grad():
+        for t in range(4):
+            model.step(torch.tensor([t, t + 1]), cache)
+    assert bool(fused_calls) == fused
+
+
 def test_bad_switch_value_is_an_error(monkeypatch):
     monkeypatch.setenv(stack_module.ENV_VAR, "maybe")
     with pytest.raises(ValueError, match="MAMBASEQ_STACK_STEP"):
