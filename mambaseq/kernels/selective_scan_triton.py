@@ -41,6 +41,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .device import sm_count
+
 
 @triton.jit
 def _affine_combine(a_prev, x_prev, a_cur, x_cur):
@@ -410,15 +412,10 @@ def _block_d(dim_per_group: int, n_groups: int, block_d: int | None, num_warps: 
     return block_d
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
-
-
 def _num_splits(plan: _Plan, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
-    programs = BWD_PROGRAMS_PER_SM * _sm_count(device)
+    programs = BWD_PROGRAMS_PER_SM * sm_count(device)
     return max(1, min(triton.cdiv(programs, plan.n_chunks * plan.batch), plan.max_splits()))
 
 
@@ -480,7 +477,7 @@ class _Plan:
     def _num_chunks(self, device: torch.device) -> int:
         if device.type != "cuda" or self.L < SPLIT_FROM_L:
             return 1
-        sms = _sm_count(device)
+        sms = sm_count(device)
         # Split L only when batch x dim leaves the GPU short of work, into chunks of at least
         # min_chunk steps (each chunk costs one more pass over it and a carry step): for the
         # forward, until TARGET_WARPS_PER_SM; for the backward, until BWD_PROGRAMS_PER_SM once

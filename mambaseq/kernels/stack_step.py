@@ -38,7 +38,6 @@ the identity and only the summation order differs from the reference.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -46,6 +45,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .device import sm_count
 from .stack_weights import StackWeights
 
 BLOCK_B_ENV = "MAMBASEQ_STACK_BLOCK_B"  # rows per program, to tune without code changes
@@ -277,13 +277,6 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(1, n))
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _block_b(batch: int, device: torch.device) -> int:
     """Rows per program: 1 on a GPU, where builds of 2 rows per program failed to compile at the
     sc09 shapes (H100, triton 3.6, 2026-11-23; the interpreter does not compile); elsewhere the
@@ -295,7 +288,7 @@ def _block_b(batch: int, device: torch.device) -> int:
     if device.type == "cuda":
         return 1
     block = 1
-    while block < 32 and triton.cdiv(batch, block) > _sm_count(device):
+    while block < 32 and triton.cdiv(batch, block) > sm_count(device):
         block *= 2
     return block
 

@@ -75,17 +75,18 @@ class SashimiConfig(JsonConfig):
     pool_expand: int = 2
     vocab_size: int = 256
     selective: bool | list[bool] = True
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    conv_bias: bool = True
-    bias: bool = False
-    rms_norm: bool = True
-    residual_in_fp32: bool = True
-    norm_eps: float = 1e-5
+    # The Mamba blocks' own fields (_BLOCK_FIELDS), with MambaConfig's defaults.
+    d_state: int = MambaConfig.d_state
+    d_conv: int = MambaConfig.d_conv
+    expand: int = MambaConfig.expand
+    dt_min: float = MambaConfig.dt_min
+    dt_max: float = MambaConfig.dt_max
+    dt_init_floor: float = MambaConfig.dt_init_floor
+    conv_bias: bool = MambaConfig.conv_bias
+    bias: bool = MambaConfig.bias
+    rms_norm: bool = MambaConfig.rms_norm
+    residual_in_fp32: bool = MambaConfig.residual_in_fp32
+    norm_eps: float = MambaConfig.norm_eps
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
