@@ -447,7 +447,11 @@ def compile_offline(weights: StackWeights, batch: int, block_b: int, *, residual
         else:
             signature[name] = "fp32" if isinstance(arg, float) else "i32"
     signature |= dict.fromkeys(constexprs, "constexpr")
-    source = ASTSource(_stack_step_kernel, {n: signature[n] for n in _stack_step_kernel.arg_names}, constants)
+    # As a launch specialises them: pointers 16-byte aligned (torch's allocations), ints divisible by 16.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(args)
+             if isinstance(arg, Tensor) or (isinstance(arg, int) and arg % 16 == 0)}
+    source = ASTSource(_stack_step_kernel, {n: signature[n] for n in _stack_step_kernel.arg_names}, constants,
+                       attrs)
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=num_warps, num_stages=1))
     ptx = kernel.asm["ptx"]
