@@ -58,6 +58,7 @@ from .stack_weights import StackWeights
 
 BLOCK_B_ENV = "MAMBASEQ_STACK_BLOCK_B"  # rows per program, to tune without code changes
 # Tile sizes, chosen by compiling for sm_90 offline (ptxas -v: registers and spills), not yet by timing.
+# Read through a cache: change them before the first launch (or call _tile_sizes.cache_clear()).
 _PRODUCT_TILE = 2048  # elements of one broadcast-product tile (8 per thread at 8 warps)
 _DOT_TILE = 32  # output channels and K per tl.dot chunk
 _SUB_B = 4  # rows per SSM-update tile (pass 3)
@@ -331,11 +332,18 @@ def _block_b(batch: int, device: torch.device) -> int:
 
 
 def _tiles(w: StackWeights, block_b: int) -> dict[str, int]:
+    return dict(_tile_sizes(w.d_model, w.d_inner, w.dt_rank, w.d_state, w.d_conv, block_b,
+                            os.environ.get("TRITON_INTERPRET") == "1"))
+
+
+@functools.lru_cache(maxsize=256)
+def _tile_sizes(d_model: int, d_inner: int, dt_rank: int, d_state: int, d_conv: int, block_b: int,
+                interpreted: bool) -> dict[str, int]:
     """Constexpr tile sizes. tl.dot needs every dimension >= 16; a broadcast product keeps its 3-D
     tile near _PRODUCT_TILE elements (in_proj holds two of them, x_proj three)."""
     use_dot = block_b >= 16
-    dm, di = _pow2(w.d_model), _pow2(w.d_inner)
-    r_p, n_p, rq_p = _pow2(w.dt_rank), _pow2(w.d_state), _pow2(w.dt_rank)
+    dm, di = _pow2(d_model), _pow2(d_inner)
+    r_p, n_p, rq_p = _pow2(dt_rank), _pow2(d_state), _pow2(dt_rank)
     if use_dot:
         r_p, n_p = max(16, r_p), max(16, n_p)
         block_km, block_ki = max(16, min(dm, _DOT_TILE)), max(16, min(di, _DOT_TILE))
@@ -348,11 +356,11 @@ def _tiles(w: StackWeights, block_b: int) -> dict[str, int]:
     sub_b = min(block_b, _SUB_B)
     block_cs = _fit(_PRODUCT_TILE // (sub_b * max(n_p, rq_p)), di)
     return dict(BLOCK_B=block_b, BLOCK_KM=block_km, BLOCK_KI=block_ki, BLOCK_CI=block_ci, BLOCK_CS=block_cs,
-                BLOCK_CO=block_co, R_P=r_p, N_P=n_p, KM1_P=_pow2(w.d_conv - 1), SUB_B=sub_b, RQ_P=rq_p,
+                BLOCK_CO=block_co, R_P=r_p, N_P=n_p, KM1_P=_pow2(d_conv - 1), SUB_B=sub_b, RQ_P=rq_p,
                 USE_DOT=use_dot,
                 # Triton's interpreter multiplies the raw bits of bf16 operands in tl.dot: there, and
                 # only there, they are widened to fp32 first (exact products, fp32 sums as on GPU).
-                DOT_FP32=use_dot and os.environ.get("TRITON_INTERPRET") == "1")
+                DOT_FP32=use_dot and interpreted)
 
 
 def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor, ssm_state: Tensor,
