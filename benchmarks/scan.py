@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 import triton
@@ -137,6 +138,48 @@ def launch_overhead(rows: list[dict]) -> list[dict]:
     return out
 
 
+def host_profile(calls: int = 300) -> dict:
+    """Where a short call's host time goes: cProfile of `calls` forward and forward+backward calls at
+    batch 1, dim 1024, L 512, bf16 (the GPU work is ~25 us, so the loop runs at host speed), with the
+    wall time per call. Prints the top entries by own time."""
+    import cProfile
+    import io
+    import pstats
+
+    x = make_inputs(1, 1024, 16, 512, torch.bfloat16, requires_grad=True)
+    leaves = list(x.values())
+    dout = torch.randn(1, 1024, 512, device="cuda", dtype=torch.bfloat16)
+
+    def fwd():
+        with torch.no_grad():
+            selective_scan(**x)
+
+    def fwd_bwd():
+        torch.autograd.grad(selective_scan(**x), leaves, dout)
+
+    out = {}
+    for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        tic = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        out[f"{name}_us_per_call"] = (time.perf_counter() - tic) / calls * 1e6
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        profile.disable()
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+        out[f"{name}_profile"] = text.getvalue()
+        print(f"{name}: {out[f'{name}_us_per_call']:.1f} us per call\n{text.getvalue()}", flush=True)
+    return out
+
+
 def tune(configs: list[tuple[int, int, int]], programs: list[int]) -> list[dict]:
     """Backward-only medians for backward tile configurations and targets of programs per SM
     (splitting the channel blocks of a chunk; bf16, the call of the anchor)."""
@@ -238,6 +281,7 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--overhead", action="store_true")
+    parser.add_argument("--host-profile", action="store_true", help="cProfile of short calls (host time)")
     parser.add_argument("--target-warps", type=int, help="override the chunking target (warps per SM)")
     parser.add_argument("--block-d", type=int)
     parser.add_argument("--block-l", type=int)
@@ -263,6 +307,8 @@ def main() -> None:
         report["tune"] = tune(configs, [int(n) for n in args.tune_programs.split(",")])
     if args.overhead:
         report["overhead"] = launch_overhead(anchors["rows"])
+    if args.host_profile:
+        report["host_profile"] = host_profile()
     if args.sweep:
         report["sweep"] = sweep(anchors["rows"])
     config = {k: v for k, v in dict(block_d=args.block_d, block_l=args.block_l, num_warps=args.num_warps).items()

@@ -34,6 +34,8 @@ dA, dD and d(delta_bias) are per-program partial sums reduced afterwards.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -72,7 +74,7 @@ def _scan_fwd_kernel(
     DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     B_CONST: tl.constexpr, C_CONST: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_SEGS: tl.constexpr,
-    SEG: tl.constexpr, SUM_DELTA: tl.constexpr,
+    SEG: tl.constexpr, SUM_DELTA: tl.constexpr, LOAD_H: tl.constexpr,
 ):
     # Tiles are (BLOCK_L, N_P2, BLOCK_D): channels across threads, time steps and states inside
     # each thread, so the scan over time and the sum over states need no data exchange.
@@ -93,7 +95,10 @@ def _scan_fwd_kernel(
 
     A2 = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0) * 1.4426950408889634
     state_idx = (b * n_chunks + c) * dim * DSTATE + nd_idx
-    h = tl.load(h_in_ptr + state_idx, mask=mask_nd, other=0.0)
+    if LOAD_H:
+        h = tl.load(h_in_ptr + state_idx, mask=mask_nd, other=0.0)
+    else:
+        h = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_D:
@@ -161,7 +166,7 @@ def _scan_fwd_kernel(
 def _carry_chunks_kernel(
     A_ptr, dsum_ptr, local_ptr, start_ptr, h0_ptr, out_ptr,
     n_chunks, dim, DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr,
-    REVERSE: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_H0: tl.constexpr,
 ):
     # Forward: s_0 = h0, s_{c+1} = exp(A S_c) s_c + local_c; start[c] = s_c; out = s_nc.
     # Reverse (adjoint): e_{nc-1} = h0 (dfinal), e_{c-1} = exp(A S_c) e_c + local_c;
@@ -174,7 +179,10 @@ def _carry_chunks_kernel(
     mask_d = offs_d < dim
     mask_dn = mask_d[:, None] & (offs_n[None, :] < DSTATE)
     A2 = tl.load(A_ptr + offs_d[:, None] * DSTATE + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
-    s = tl.load(h0_ptr + (b * dim + offs_d[:, None]) * DSTATE + offs_n[None, :], mask=mask_dn, other=0.0)
+    if HAS_H0:
+        s = tl.load(h0_ptr + (b * dim + offs_d[:, None]) * DSTATE + offs_n[None, :], mask=mask_dn, other=0.0)
+    else:
+        s = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i if REVERSE else i
         base = b * n_chunks + c
@@ -224,7 +232,7 @@ def _scan_bwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l, s_o_b, s_o_d, s_o_l,
     DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    B_CONST: tl.constexpr, C_CONST: tl.constexpr, LOCAL_ONLY: tl.constexpr,
+    B_CONST: tl.constexpr, C_CONST: tl.constexpr, LOCAL_ONLY: tl.constexpr, HAS_CARRY: tl.constexpr,
 ):
     # Tiles are (BLOCK_D, BLOCK_T): time across threads (several steps per thread), channels
     # inside a thread, states one at a time. Per state, the forward and adjoint recurrences of a
@@ -258,7 +266,7 @@ def _scan_bwd_kernel(
             mask_dn = mask_d[:, None] & (col < DSTATE)
 
             state_idx = (b * n_chunks + c) * dim * DSTATE + dn_idx
-            if LOCAL_ONLY:
+            if LOCAL_ONLY or not HAS_CARRY:
                 carry = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
             else:
                 carry = tl.load(carry_ptr + state_idx, mask=mask_dn, other=0.0)
@@ -386,6 +394,9 @@ BWD_PROGRAMS_PER_SM = 8
 SPLIT_BYTES = 2**30
 TARGET_WARPS_PER_SM = 8  # chunking target; 8 beat 16 and 32 on the anchor grid (RESULTS.md)
 MIN_CHUNK_TILES = 4
+# Shorter sequences run as one chunk: a split costs two more launches and a few buffers (about
+# 0.1 ms of host time, RESULTS.md), more than the GPU time it saves when the call is host-bound.
+SPLIT_FROM_L = 2048
 
 
 def _block_d(dim_per_group: int, n_groups: int, block_d: int | None, num_warps: int) -> int:
@@ -399,10 +410,15 @@ def _block_d(dim_per_group: int, n_groups: int, block_d: int | None, num_warps: 
     return block_d
 
 
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
 def _num_splits(plan: _Plan, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
-    programs = BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    programs = BWD_PROGRAMS_PER_SM * _sm_count(device)
     return max(1, min(triton.cdiv(programs, plan.n_chunks * plan.batch), plan.max_splits()))
 
 
@@ -418,17 +434,30 @@ def _tile(default: dict, given: dict) -> dict:
     return {**default, **{k: v for k, v in given.items() if v is not None}}
 
 
-class _Plan:
-    """Shapes, tiles and chunking of one call, shared by forward and backward."""
+def _plan(u: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int | None, fwd: dict, bwd: dict) -> _Plan:
+    """The plan of a call, built once per shape: planning in Python is a good part of a short call's
+    host time (RESULTS.md)."""
+    groups = {X.shape[1] for X in (B, C) if X.dim() == 4}
+    return _cached_plan(tuple(u.shape), A.shape[1], B.dim() == 2, C.dim() == 2, groups.pop() if groups else 1,
+                        chunk_len, tuple(sorted(fwd.items())), tuple(sorted(bwd.items())), u.device)
 
-    def __init__(self, u: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_len: int | None, fwd: dict,
-                 bwd: dict) -> None:
-        self.batch, self.dim, self.L = u.shape
-        self.N = A.shape[1]
+
+@functools.lru_cache(maxsize=1024)
+def _cached_plan(shape: tuple[int, int, int], N: int, const_b: bool, const_c: bool, G: int, chunk_len: int | None,
+                 fwd: tuple, bwd: tuple, device: torch.device) -> _Plan:
+    return _Plan(shape, N, const_b, const_c, G, chunk_len, dict(fwd), dict(bwd), device)
+
+
+class _Plan:
+    """Shapes, tiles and chunking of one call, shared by forward and backward (read-only: cached)."""
+
+    def __init__(self, shape: tuple[int, int, int], N: int, const_b: bool, const_c: bool, G: int,
+                 chunk_len: int | None, fwd: dict, bwd: dict, device: torch.device) -> None:
+        self.batch, self.dim, self.L = shape
+        self.N = N
         self.N_P2 = triton.next_power_of_2(self.N)
-        self.const_b, self.const_c = B.dim() == 2, C.dim() == 2
-        groups = {X.shape[1] for X in (B, C) if X.dim() == 4}
-        self.G = groups.pop() if groups else 1
+        self.const_b, self.const_c = const_b, const_c
+        self.G = G
         self.dim_per_group = self.dim // self.G
         self.fwd, self.bwd = _tile(FWD_TILE, fwd), _tile(BWD_TILE, bwd)
         for tile in (self.fwd, self.bwd):
@@ -437,7 +466,7 @@ class _Plan:
         # forward tile starts must hit, and chunks hold whole backward tiles.
         self.seg = self.bwd["block_t"] = max(self.bwd["block_t"], self.fwd["block_l"])
         if chunk_len is None:
-            chunk_len = triton.cdiv(self.L, self._num_chunks(u.device))
+            chunk_len = triton.cdiv(self.L, self._num_chunks(device))
         self.chunk_len = max(self.seg, triton.cdiv(chunk_len, self.seg) * self.seg)
         self.n_chunks = max(1, triton.cdiv(self.L, self.chunk_len))
         self.n_segs = max(1, triton.cdiv(self.L, self.seg))
@@ -449,9 +478,9 @@ class _Plan:
         return max(1, min(triton.cdiv(self.dim, self.bwd["block_d"]), SPLIT_BYTES // copy_bytes))
 
     def _num_chunks(self, device: torch.device) -> int:
-        if device.type != "cuda":
+        if device.type != "cuda" or self.L < SPLIT_FROM_L:
             return 1
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = _sm_count(device)
         # Split L only when batch x dim leaves the GPU short of work, into chunks of at least
         # min_chunk steps (each chunk costs one more pass over it and a carry step): for the
         # forward, until TARGET_WARPS_PER_SM; for the backward, until BWD_PROGRAMS_PER_SM once
@@ -470,20 +499,20 @@ class _Plan:
                     C_CONST=self.const_c, num_warps=tile["num_warps"])
 
 
-def _states(plan: _Plan, n: int, like: Tensor, zero: bool = True) -> Tensor:
-    make = torch.zeros if zero else torch.empty
-    return make(plan.batch, n, plan.dim, plan.N, device=like.device, dtype=torch.float32)
+def _states(plan: _Plan, n: int, like: Tensor) -> Tensor:
+    return torch.empty(plan.batch, n, plan.dim, plan.N, device=like.device, dtype=torch.float32)
 
 
 def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h_in, h_out, segs, dsum,
                 write_y: bool, sum_delta: bool) -> None:
+    # h_in None: every chunk starts from zero (no buffer, no fill).
     _scan_fwd_kernel[plan.grid(plan.fwd)](
         u, delta, delta_bias, A, B, C, D, z, y, h_in, h_out, segs, dsum,
         plan.L, plan.chunk_len, plan.n_chunks, plan.n_segs, plan.dim, plan.dim_per_group,
         *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
         *(_strides3(y) if y is not None else (0, 0, 0)), *_bc_strides(B), *_bc_strides(C),
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-        WRITE_Y=write_y, SAVE_SEGS=segs is not None, SEG=plan.seg, SUM_DELTA=sum_delta,
+        WRITE_Y=write_y, SAVE_SEGS=segs is not None, SEG=plan.seg, SUM_DELTA=sum_delta, LOAD_H=h_in is not None,
         BLOCK_L=plan.fwd["block_l"], **plan.meta(plan.fwd))
 
 
@@ -495,17 +524,16 @@ def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0
     final = torch.empty(plan.batch, plan.dim, plan.N, device=u.device, dtype=torch.float32)
     inputs = (u, delta, A, B, C, D, z, delta_bias, softplus)
     if plan.n_chunks == 1:
-        starts = h0.view(plan.batch, 1, plan.dim, plan.N)
+        starts = None if h0 is None else h0.view(plan.batch, 1, plan.dim, plan.N)
     else:
-        local = _states(plan, plan.n_chunks, u, zero=False)
-        _fwd_launch(plan, *inputs, None, _states(plan, plan.n_chunks, u), local, None, dsum,
-                    write_y=False, sum_delta=True)
-        starts = _states(plan, plan.n_chunks, u, zero=False)
+        local = _states(plan, plan.n_chunks, u)
+        _fwd_launch(plan, *inputs, None, None, local, None, dsum, write_y=False, sum_delta=True)
+        starts = _states(plan, plan.n_chunks, u)
         _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
             A, dsum, local, starts, h0, final, plan.n_chunks, plan.dim,
-            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False)
-    ends = _states(plan, plan.n_chunks, u, zero=False)
-    segs = _states(plan, plan.n_segs, u, zero=False) if save else None
+            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False, HAS_H0=h0 is not None)
+    ends = _states(plan, plan.n_chunks, u)
+    segs = _states(plan, plan.n_segs, u) if save else None
     _fwd_launch(plan, *inputs, y, starts, ends, segs, dsum, write_y=True, sum_delta=plan.n_chunks == 1)
     if plan.n_chunks == 1:
         final = ends[:, 0]
@@ -524,15 +552,14 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
     shape = (n_splits, plan.batch, plan.G, plan.N, plan.L)
     dB = None if plan.const_b else torch.zeros(shape, device=dev, dtype=torch.float32)
     dC = None if plan.const_c else torch.zeros(shape, device=dev, dtype=torch.float32)
-    parts = _states(plan, plan.n_chunks, u, zero=False)
+    parts = _states(plan, plan.n_chunks, u)
     dD_part = torch.empty(plan.batch, plan.n_chunks, plan.dim, device=dev, dtype=torch.float32)
     dbias_part = torch.empty_like(dD_part)
-    dB_part = _states(plan, plan.n_chunks, u, zero=False) if plan.const_b else None
-    dC_part = _states(plan, plan.n_chunks, u, zero=False) if plan.const_c else None
+    dB_part = _states(plan, plan.n_chunks, u) if plan.const_b else None
+    dC_part = _states(plan, plan.n_chunks, u) if plan.const_c else None
     dh0 = torch.empty(plan.batch, plan.dim, plan.N, device=dev, dtype=torch.float32)
-    if dfinal is None:
-        dfinal = torch.zeros(plan.batch, plan.dim, plan.N, device=dev, dtype=torch.float32)
-    dfinal = dfinal.float().contiguous()
+    if dfinal is not None:  # None: no gradient reaches the final state (no buffer, no fill)
+        dfinal = dfinal.float().contiguous()
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
                  BLOCK_T=plan.bwd["block_t"], **plan.meta(plan.bwd))
 
@@ -545,17 +572,18 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
             plan.L, plan.chunk_len, plan.n_chunks, plan.n_segs, plan.dim, plan.dim_per_group, plan.G,
             plan.batch, splits, per,
             *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy),
-            *_bc_strides(B), *_bc_strides(C), *_strides3(du), LOCAL_ONLY=local_only, **flags)
+            *_bc_strides(B), *_bc_strides(C), *_strides3(du), LOCAL_ONLY=local_only, HAS_CARRY=carry is not None,
+            **flags)
 
     if plan.n_chunks == 1:
-        carry = dfinal.view(plan.batch, 1, plan.dim, plan.N)
+        carry = None if dfinal is None else dfinal.view(plan.batch, 1, plan.dim, plan.N)
     else:
-        gloc = _states(plan, plan.n_chunks, u, zero=False)
+        gloc = _states(plan, plan.n_chunks, u)
         launch(None, True, gloc)
-        carry = _states(plan, plan.n_chunks, u, zero=False)
+        carry = _states(plan, plan.n_chunks, u)
         _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
-            A, dsum, gloc, carry, dfinal, torch.empty_like(dfinal), plan.n_chunks, plan.dim,
-            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True)
+            A, dsum, gloc, carry, dfinal, dh0, plan.n_chunks, plan.dim,
+            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True, HAS_H0=dfinal is not None)
     launch(carry, False)
     dA = parts.sum(dim=(0, 1))
     dD = dD_part.sum(dim=(0, 1)) if D is not None else None
@@ -571,16 +599,18 @@ class SelectiveScanFn(torch.autograd.Function):
         B_in, C_in = B, C
         B = B.unsqueeze(1) if B.dim() == 3 else B
         C = C.unsqueeze(1) if C.dim() == 3 else C
-        plan = _Plan(u, A, B, C, chunk_len, fwd_tile, bwd_tile)
+        plan = _plan(u, A, B, C, chunk_len, fwd_tile, bwd_tile)
         A = A.float().contiguous()
         B = B.float().contiguous() if B.dim() == 2 else B
         C = C.float().contiguous() if C.dim() == 2 else C
         D = D.float().contiguous() if D is not None else None
         delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
+        # Outputs without a gradient come to backward as None rather than as zeros autograd would
+        # allocate and fill: a final state nobody uses costs nothing.
+        ctx.set_materialize_grads(False)
         ctx.plan, ctx.softplus, ctx.has_h0 = plan, softplus, h0 is not None
-        if h0 is None:
-            h0 = torch.zeros(plan.batch, plan.dim, plan.N, device=u.device, dtype=torch.float32)
-        h0 = h0.float().contiguous()
+        if h0 is not None:  # None: a zero start, which the kernels take without a buffer
+            h0 = h0.float().contiguous()
         save = any(ctx.needs_input_grad)
         y, final, segs, dsum = _scan_forward(plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0, save)
         ctx.bc_shapes = (B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)

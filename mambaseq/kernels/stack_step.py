@@ -319,12 +319,15 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _block_b(batch: int, device: torch.device) -> int:
-    """Rows per program: the fewest that keep the programs within one wave of SMs, so a small batch
-    spreads over SMs (each program reads every weight, from L2) and a large one shares weight
-    reads; 16 or more rows go through tl.dot."""
+    """Rows per program: 1 on a GPU, where builds of 2 rows per program failed to compile at the
+    sc09 shapes (H100, triton 3.6, 2026-11-23; the interpreter does not compile); elsewhere the
+    fewest that keep the programs within one wave of SMs (16 or more rows go through tl.dot).
+    MAMBASEQ_STACK_BLOCK_B overrides both."""
     value = os.environ.get(BLOCK_B_ENV, "").strip()
     if value:
         return int(value)
+    if device.type == "cuda":
+        return 1
     block = 1
     while block < 32 and triton.cdiv(batch, block) > _sm_count(device):
         block *= 2

@@ -347,6 +347,25 @@ class SashimiLM(nn.Module):
         up = stream[:, start: start + x.shape[1]]
         return _run_blocks(self.up[s], skip + up, state.up)
 
+    def _step_stage(self, s: int, x: Tensor, t: int, cache: SashimiCache) -> Tensor:
+        """`_stream_stage` for one position (x: (batch, 1, D_s) at stage time t), in place: the sample
+        is written into `pending` and a completed coarse step's vectors into `upsampled`, with no
+        concatenation and no tensor rebound, so a captured CUDA graph has fewer kernels and no
+        copies back into the cache's tensors."""
+        if s == len(self.down):
+            return _run_blocks(self.center, x, cache.center)
+        state, p, up_pool = cache.stages[s], self.config.pool[s], self.up_pools[s]
+        skip = _run_blocks(self.down[s], x, state.down)
+        r = t % p
+        state.pending[:, r].copy_(skip[:, 0])
+        if r == p - 1:  # this sample completes coarse step t // p: pending holds all of it
+            new = up_pool(self._step_stage(s + 1, self.down_pools[s](state.pending), t // p, cache))
+            state.upsampled.copy_(new)
+            up = new[:, :1]  # u_{t - shift} = u_{(t // p) p}: the first vector of the new step
+        else:
+            up = state.upsampled[:, r + 1: r + 2]  # u_{t - shift}, from the previous coarse step
+        return _run_blocks(self.up[s], skip + up, state.up)
+
     def hidden_states(self, ids: Tensor, cache: SashimiCache | None = None) -> Tensor:
         """ids: (batch, L) -> final normed hidden states (batch, L, d_model).
 
@@ -354,7 +373,8 @@ class SashimiLM(nn.Module):
         """
         L = ids.shape[-1]
         if cache is not None:
-            hidden = self._stream_stage(0, self._embed(ids), cache.seqlen_offset, cache)
+            stage = self._step_stage if L == 1 else self._stream_stage
+            hidden = stage(0, self._embed(ids), cache.seqlen_offset, cache)
             cache.seqlen_offset += L
         else:
             # Pad to a multiple of the total pooling and crop: causal, so the tail changes nothing.

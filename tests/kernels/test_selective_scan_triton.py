@@ -37,8 +37,9 @@ def make_inputs(batch, dim, d_state, L, groups=1, dtype=torch.float32, const_b=F
     )
 
 
-def check(x, dtype, backward=True, **kwargs):
-    """Run Triton and the float64 loop on the same inputs; compare outputs and gradients."""
+def check(x, dtype, backward=True, final_grad=True, **kwargs):
+    """Run Triton and the float64 loop on the same inputs; compare outputs and gradients (with
+    `final_grad` False, only y reaches the loss, as in a model that drops the final state)."""
     present = {k: v for k, v in x.items() if v is not None}
     leaves = {k: v.clone().requires_grad_(backward) for k, v in present.items()}
     y, s = selective_scan_triton(**leaves, return_final_state=True, **kwargs)
@@ -54,8 +55,8 @@ def check(x, dtype, backward=True, **kwargs):
     if not backward:
         return
     dy = torch.randn_like(y_ref)
-    ds = torch.randn_like(s_ref)
-    ((y.double() * dy).sum() + (s.double() * ds).sum()).backward()
+    ds = torch.randn_like(s_ref) if final_grad else torch.zeros_like(s_ref)
+    ((y.double() * dy).sum() + (s.double() * ds).sum() if final_grad else (y.double() * dy).sum()).backward()
     ((y_ref * dy).sum() + (s_ref * ds).sum()).backward()
     for name in present:
         grad = leaves[name].grad
@@ -124,6 +125,13 @@ def test_optional_inputs(seed, drop):
     x = make_inputs(1, 4, 4, 20)
     x[drop] = None
     check(x, torch.float32, block_l=8, bwd_block_t=16)
+
+
+@pytest.mark.parametrize("chunk_len", [None, 16])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_final_state_without_gradient(seed, chunk_len, with_state):
+    check(make_inputs(1, 6, 4, 40, with_state=with_state), torch.float32, final_grad=False, chunk_len=chunk_len,
+          block_l=8, bwd_block_t=16)
 
 
 def test_without_softplus(seed):

@@ -13,6 +13,12 @@ from mambaseq.models import MambaBlock, StackedStates
 from mambaseq.models.stack_step import pack_blocks, packed_weights
 
 
+@pytest.fixture(autouse=True)
+def fused_on(monkeypatch):
+    """The fused step is opt-in; these tests check what it does when on (a test may turn it off)."""
+    monkeypatch.setenv("MAMBASEQ_STACK_STEP", "1")
+
+
 def _blocks(n_layer=3, dtype=torch.float32, **overrides):
     config = MambaConfig(**{**dict(d_model=24, n_layer=n_layer, vocab_size=8, d_state=4, d_conv=3), **overrides})
     blocks = nn.ModuleList(MambaBlock(config) for _ in range(n_layer))
