@@ -59,7 +59,8 @@ from .stack_weights import StackWeights
 BLOCK_B_ENV = "MAMBASEQ_STACK_BLOCK_B"  # rows per program, to tune without code changes
 # Tile sizes, chosen by compiling for sm_90 offline (ptxas -v: registers and spills), not yet by timing.
 # Read through a cache: change them before the first launch (or call _tile_sizes.cache_clear()).
-_PRODUCT_TILE = 2048  # elements of one broadcast-product tile (8 per thread at 8 warps)
+_MATVEC_TILE = 8192  # rows x weight-tile elements of one broadcast product (32 per thread at 8 warps)
+_STATE_TILE = 2048  # rows x channels x d_state of one SSM-update tile (several are live at once)
 _DOT_TILE = 32  # output channels and K per tl.dot chunk
 _SUB_B = 4  # rows per SSM-update tile (pass 3)
 
@@ -80,34 +81,18 @@ def _round(x, DT: tl.constexpr):
 
 
 @triton.jit
-def _mm_zeros(BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr):
-    if USE_DOT:
-        acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_B, BLOCK_K, BLOCK_N], dtype=tl.float32)
-    return acc
-
-
-@triton.jit
 def _mm_acc(acc, a, wT, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
-    # a: (BLOCK_B, BLOCK_K) in the weight dtype; wT: (BLOCK_K, BLOCK_N).
+    """acc (BLOCK_B, BLOCK_N) fp32 += a (BLOCK_B, BLOCK_K) @ wT (BLOCK_K, BLOCK_N), a in the weight dtype."""
     if USE_DOT:
         if DOT_FP32:
             acc = tl.dot(a.to(tl.float32), wT.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(a, wT, acc, input_precision="ieee")
     else:
-        acc += a.to(tl.float32)[:, :, None] * wT.to(tl.float32)[None, :, :]
+        # Reduced at once, so registers hold the weight tile and not a 3-D accumulator: the tile
+        # can be large, and a large tile means few dependent trips to memory per layer.
+        acc += tl.sum(a.to(tl.float32)[:, :, None] * wT.to(tl.float32)[None, :, :], axis=1)
     return acc
-
-
-@triton.jit
-def _mm_result(acc, USE_DOT: tl.constexpr):
-    if USE_DOT:
-        out = acc
-    else:
-        out = tl.sum(acc, axis=1)
-    return out
 
 
 @triton.jit
@@ -163,8 +148,8 @@ def _stack_step_kernel(
         for c0 in range(0, DI, BLOCK_CI):
             offs_c = c0 + tl.arange(0, BLOCK_CI)
             mask_c = offs_c < DI
-            acc_x = _mm_zeros(BLOCK_B, BLOCK_KM, BLOCK_CI, USE_DOT)
-            acc_z = _mm_zeros(BLOCK_B, BLOCK_KM, BLOCK_CI, USE_DOT)
+            acc_x = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
+            acc_z = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
             for k0 in range(0, DM, BLOCK_KM):
                 offs_k = k0 + tl.arange(0, BLOCK_KM)
                 mask_k = offs_k < DM
@@ -176,8 +161,8 @@ def _stack_step_kernel(
                 w_z = tl.load(in_w + (DI + offs_c[None, :]) * DM + offs_k[:, None], mask=m_w, other=0.0)
                 acc_x = _mm_acc(acc_x, normed, w_x, USE_DOT, DOT_FP32)
                 acc_z = _mm_acc(acc_z, normed, w_z, USE_DOT, DOT_FP32)
-            x = _mm_result(acc_x, USE_DOT)
-            z = _mm_result(acc_z, USE_DOT)
+            x = acc_x
+            z = acc_z
             if HAS_IN_BIAS:
                 x += tl.load(in_b_ptr + l * 2 * DI + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
                 z += tl.load(in_b_ptr + l * 2 * DI + DI + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
@@ -209,9 +194,9 @@ def _stack_step_kernel(
         # ---- pass 2: x_proj -> dt (low rank), B, C, to the scratch rows ----
         if SELECTIVE:
             xw = x_proj_w_ptr + l * ((R + 2 * N) * DI)
-            acc_dt = _mm_zeros(BLOCK_B, BLOCK_KI, R_P, USE_DOT)
-            acc_B = _mm_zeros(BLOCK_B, BLOCK_KI, N_P, USE_DOT)
-            acc_C = _mm_zeros(BLOCK_B, BLOCK_KI, N_P, USE_DOT)
+            acc_dt = tl.zeros([BLOCK_B, R_P], dtype=tl.float32)
+            acc_B = tl.zeros([BLOCK_B, N_P], dtype=tl.float32)
+            acc_C = tl.zeros([BLOCK_B, N_P], dtype=tl.float32)
             for k0 in range(0, DI, BLOCK_KI):
                 offs_k = k0 + tl.arange(0, BLOCK_KI)
                 mask_k = offs_k < DI
@@ -225,10 +210,10 @@ def _stack_step_kernel(
                 acc_B = _mm_acc(acc_B, a, w_B, USE_DOT, DOT_FP32)
                 acc_C = _mm_acc(acc_C, a, w_C, USE_DOT, DOT_FP32)
             m_n = mask_b[:, None] & mask_n[None, :]
-            tl.store(scr_dt + offs_r[None, :], _round(_mm_result(acc_dt, USE_DOT), WT),
+            tl.store(scr_dt + offs_r[None, :], _round(acc_dt, WT),
                      mask=mask_b[:, None] & (offs_r < R)[None, :])
-            tl.store(scr_dt + R + offs_n[None, :], _round(_mm_result(acc_B, USE_DOT), WT), mask=m_n)
-            tl.store(scr_dt + R + N + offs_n[None, :], _round(_mm_result(acc_C, USE_DOT), WT), mask=m_n)
+            tl.store(scr_dt + R + offs_n[None, :], _round(acc_B, WT), mask=m_n)
+            tl.store(scr_dt + R + N + offs_n[None, :], _round(acc_C, WT), mask=m_n)
             tl.debug_barrier()
 
         # ---- pass 3: Δ, SSM state update, y = <C, h> + D x, gate; SUB_B rows at a time ----
@@ -283,7 +268,7 @@ def _stack_step_kernel(
         for d0 in range(0, DM, BLOCK_CO):
             offs_d = d0 + tl.arange(0, BLOCK_CO)
             mask_d = offs_d < DM
-            acc = _mm_zeros(BLOCK_B, BLOCK_KI, BLOCK_CO, USE_DOT)
+            acc = tl.zeros([BLOCK_B, BLOCK_CO], dtype=tl.float32)
             for k0 in range(0, DI, BLOCK_KI):
                 offs_k = k0 + tl.arange(0, BLOCK_KI)
                 mask_k = offs_k < DI
@@ -291,7 +276,7 @@ def _stack_step_kernel(
                 w = tl.load(out_w + offs_d[None, :] * DI + offs_k[:, None], mask=mask_k[:, None] & mask_d[None, :],
                             other=0.0)
                 acc = _mm_acc(acc, a, w, USE_DOT, DOT_FP32)
-            out = _mm_result(acc, USE_DOT)
+            out = acc
             if HAS_OUT_BIAS:
                 out += tl.load(out_b_ptr + l * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
             out = _round(out, WT)
@@ -319,15 +304,16 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _block_b(batch: int, device: torch.device) -> int:
-    """Rows per program: 1 on a GPU, where builds of 2 rows per program failed to compile at the
-    sc09 shapes (H100, triton 3.6, 2026-11-23; the interpreter does not compile); elsewhere the
-    fewest that keep the programs within one wave of SMs (16 or more rows go through tl.dot).
-    MAMBASEQ_STACK_BLOCK_B overrides both."""
+    """Rows per program: the fewest that keep the programs within one wave of SMs, so a small batch
+    spreads over SMs (each program reads every weight, from L2) and a large one shares weight reads
+    (16 or more rows go through tl.dot). MAMBASEQ_STACK_BLOCK_B overrides it.
+
+    (Builds of 2 rows per program failed on the H100 on 2026-11-23: some tile sizes were not powers
+    of two, which only the GPU compiler checks; fixed, and test_compiles_for_hopper_without_a_gpu
+    now compiles such builds for sm_90 on any machine.)"""
     value = os.environ.get(BLOCK_B_ENV, "").strip()
     if value:
         return int(value)
-    if device.type == "cuda":
-        return 1
     block = 1
     while block < 32 and triton.cdiv(batch, block) > _sm_count(device):
         block *= 2
@@ -342,8 +328,9 @@ def _tiles(w: StackWeights, block_b: int) -> dict[str, int]:
 @functools.lru_cache(maxsize=256)
 def _tile_sizes(d_model: int, d_inner: int, dt_rank: int, d_state: int, d_conv: int, block_b: int,
                 interpreted: bool) -> dict[str, int]:
-    """Constexpr tile sizes. tl.dot needs every dimension >= 16; a broadcast product keeps its 3-D
-    tile near _PRODUCT_TILE elements (in_proj holds two of them, x_proj three)."""
+    """Constexpr tile sizes. tl.dot needs every dimension >= 16. A broadcast product keeps rows x
+    weight tile near _MATVEC_TILE elements (in_proj loads two weight tiles a step, x_proj three):
+    the fewer steps, the fewer dependent trips to memory, which bound a step at small batch."""
     use_dot = block_b >= 16
     dm, di = _pow2(d_model), _pow2(d_inner)
     r_p, n_p, rq_p = _pow2(dt_rank), _pow2(d_state), _pow2(dt_rank)
@@ -352,12 +339,13 @@ def _tile_sizes(d_model: int, d_inner: int, dt_rank: int, d_state: int, d_conv: 
         block_km, block_ki = max(16, min(dm, _DOT_TILE)), max(16, min(di, _DOT_TILE))
         block_ci = block_co = max(16, _DOT_TILE)
     else:
-        block_km = min(dm, 64)
-        block_ci = _fit(_PRODUCT_TILE // 2 // (block_b * block_km), di)
-        block_ki = _fit(_PRODUCT_TILE // (block_b * (r_p + 2 * n_p)), min(di, 64))
-        block_co = _fit(_PRODUCT_TILE // (block_b * block_ki), dm)
+        budget = _MATVEC_TILE // block_b
+        block_km = _fit(budget // 16, dm)
+        block_ci = _fit(budget // 2 // block_km, di)
+        block_ki = _fit(budget // (r_p + 2 * n_p), di)
+        block_co = _fit(budget // block_ki, dm)
     sub_b = min(block_b, _SUB_B)
-    block_cs = _fit(_PRODUCT_TILE // (sub_b * max(n_p, rq_p)), di)
+    block_cs = _fit(_STATE_TILE // (sub_b * max(n_p, rq_p)), di)
     return dict(BLOCK_B=block_b, BLOCK_KM=block_km, BLOCK_KI=block_ki, BLOCK_CI=block_ci, BLOCK_CS=block_cs,
                 BLOCK_CO=block_co, R_P=r_p, N_P=n_p, KM1_P=_pow2(d_conv - 1), SUB_B=sub_b, RQ_P=rq_p,
                 USE_DOT=use_dot,
