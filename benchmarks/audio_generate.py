@@ -20,7 +20,7 @@ and the JSON rewritten, so a killed run still leaves its results. Peak memory: C
 max_memory_allocated over the timed calls.
 
 Stack step: every row runs with the fused stack step (`--stack-step on`: each stack of Mamba blocks
-in one `mamba_stack_step` launch), the block-by-block step (`off`, MAMBASEQ_STACK_STEP=0), or, by
+in one `mamba_stack_step` launch, MAMBASEQ_STACK_STEP=1), the block-by-block step (`off`, =0), or, by
 default, both, one row each; the row's "stack_step" field and table column say which.
 `--stack-block-b` fixes the kernel's rows per program (MAMBASEQ_STACK_BLOCK_B) instead of its heuristic.
 

@@ -15,30 +15,39 @@ over four passes on its rows (rows never interact, so no program waits for anoth
      recomputed per K chunk from the residual, which is cheaper than a pass and a barrier), then the
      conv update of those channels (shift the window, dot with the conv weight, bias, SiLU); the
      conv output x and the gate z go to a scratch buffer.
-  2. x_proj over chunks of d_inner into three register accumulators, dt (dt_rank), B and C (d_state).
-  3. per chunk of channels: Δ = softplus(dt @ dt_projᵀ + dt_bias), the SSM state update,
-     y = <C, h> + D x, gated by silu(z), into the scratch buffer.
+  2. x_proj over chunks of d_inner into three accumulators, dt (dt_rank), B and C (d_state), stored
+     to the scratch rows.
+  3. per SUB_B rows and chunk of channels: Δ = softplus(dt @ dt_projᵀ + dt_bias), the SSM state
+     update, y = <C, h> + D x, gated by silu(z), into the scratch rows. Its (rows, channels, d_state)
+     tiles take a few rows at a time, so they stay small whatever BLOCK_B.
   4. out_proj over chunks of d_inner, added to the residual, which stays in the output buffer for
      the next layer.
 
 Triton cannot slice a register tile, so a value that a later pass reads by other chunks than it
-was made in goes through global memory (the scratch rows, a few KiB per program, L1/L2-resident),
-with `tl.debug_barrier()` (a CTA barrier, which also orders the global accesses of the program's
-threads) between the pass that writes it and the one that reads it. A barrier also sits between the
+was made in goes through global memory (the scratch rows: 3 d_inner + dt_rank + 2 d_state fp32 per
+batch row, allocated per call, L1/L2-resident), with `tl.debug_barrier()` (a CTA barrier, which
+also orders the global accesses of the program's threads) between the pass that writes it and the
+one that reads it. A barrier also sits between the
 loads and stores of every read-modify-write (conv window, SSM state, residual): a tile element may
 be held by several threads, and none may see another's store before its own load.
 
-Products: with BLOCK_B >= 16, `tl.dot` (fp32 in "ieee" precision, so no TF32 rounding; bf16/fp16
-on tensor cores, fp32 accumulation); below that (tl.dot needs M, N, K >= 16), broadcast products
-accumulated in a 3-D tile and reduced once per output chunk. Accumulation is always fp32, and the
-activations are rounded to the model dtype wherever the per-block step rounds them (norm output,
-projections, conv output, y), so bf16 follows the per-block path closely; in fp32 the rounding is
-the identity and only the summation order differs from the reference.
+Products (in_proj, x_proj, out_proj): with BLOCK_B >= 16, `tl.dot` (fp32 in "ieee" precision, so
+no TF32 rounding; bf16/fp16 on tensor cores, fp32 accumulation); below that (tl.dot needs M, N,
+K >= 16), broadcast products accumulated in a 3-D tile and reduced once per output chunk. dt_proj
+(K = dt_rank) is always a broadcast product. Accumulation is always fp32, and the activations are
+rounded to the model dtype wherever the per-block step rounds them (norm output, projections, conv
+output, y), so bf16 follows the per-block path closely; in fp32 the rounding is the identity and
+only the summation order differs from the reference.
+
+`compile_offline` compiles the kernel for sm_90 on a machine without a GPU and reports registers
+and spills (what the tile sizes below were chosen by; timings still to be taken on a GPU).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 import torch
 import triton
@@ -49,7 +58,12 @@ from .device import sm_count
 from .stack_weights import StackWeights
 
 BLOCK_B_ENV = "MAMBASEQ_STACK_BLOCK_B"  # rows per program, to tune without code changes
-_PRODUCT_TILE = 4096  # elements of one broadcast-product tile (registers: 32 per thread at 4 warps)
+# Tile sizes, chosen by compiling for sm_90 offline (ptxas -v: registers and spills), not yet by timing.
+# Read through a cache: change them before the first launch (or call _tile_sizes.cache_clear()).
+_MATVEC_TILE = 8192  # rows x weight-tile elements of one broadcast product (32 per thread at 8 warps)
+_STATE_TILE = 2048  # rows x channels x d_state of one SSM-update tile (several are live at once)
+_DOT_TILE = 32  # output channels and K per tl.dot chunk
+_SUB_B = 4  # rows per SSM-update tile (pass 3)
 
 
 @triton.jit
@@ -68,34 +82,18 @@ def _round(x, DT: tl.constexpr):
 
 
 @triton.jit
-def _mm_zeros(BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr):
-    if USE_DOT:
-        acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_B, BLOCK_K, BLOCK_N], dtype=tl.float32)
-    return acc
-
-
-@triton.jit
 def _mm_acc(acc, a, wT, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
-    # a: (BLOCK_B, BLOCK_K) in the weight dtype; wT: (BLOCK_K, BLOCK_N).
+    """acc (BLOCK_B, BLOCK_N) fp32 += a (BLOCK_B, BLOCK_K) @ wT (BLOCK_K, BLOCK_N), a in the weight dtype."""
     if USE_DOT:
         if DOT_FP32:
             acc = tl.dot(a.to(tl.float32), wT.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(a, wT, acc, input_precision="ieee")
     else:
-        acc += a.to(tl.float32)[:, :, None] * wT.to(tl.float32)[None, :, :]
+        # Reduced at once, so registers hold the weight tile and not a 3-D accumulator: the tile
+        # can be large, and a large tile means few dependent trips to memory per layer.
+        acc += tl.sum(a.to(tl.float32)[:, :, None] * wT.to(tl.float32)[None, :, :], axis=1)
     return acc
-
-
-@triton.jit
-def _mm_result(acc, USE_DOT: tl.constexpr):
-    if USE_DOT:
-        out = acc
-    else:
-        out = tl.sum(acc, axis=1)
-    return out
 
 
 @triton.jit
@@ -108,7 +106,8 @@ def _stack_step_kernel(
     K: tl.constexpr, SELECTIVE: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
     HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_KM: tl.constexpr, BLOCK_KI: tl.constexpr,
     BLOCK_CI: tl.constexpr, BLOCK_CS: tl.constexpr, BLOCK_CO: tl.constexpr, R_P: tl.constexpr,
-    N_P: tl.constexpr, KM1_P: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
+    N_P: tl.constexpr, KM1_P: tl.constexpr, SUB_B: tl.constexpr, RQ_P: tl.constexpr, USE_DOT: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):
     WT = in_w_ptr.dtype.element_ty  # the model dtype
     RT = res_ptr.dtype.element_ty  # the residual stream's dtype
@@ -116,10 +115,12 @@ def _stack_step_kernel(
     mask_b = rows < batch
     rows = rows.to(tl.int64)
     res_rows = res_ptr + rows[:, None] * DM
-    # Per row: x after the conv, z, then y; fp32 holding values already rounded to WT.
-    scr_x = scratch_ptr + rows[:, None] * (3 * DI)
+    # Per row: x after the conv, z, y (d_inner each), then dt (low rank), B, C; fp32 holding values
+    # already rounded to WT.
+    scr_x = scratch_ptr + rows[:, None] * (3 * DI + R + 2 * N)
     scr_z = scr_x + DI
     scr_y = scr_x + 2 * DI
+    scr_dt = scr_x + 3 * DI
     offs_r = tl.arange(0, R_P)
     offs_n = tl.arange(0, N_P)
     offs_j = tl.arange(0, KM1_P)  # conv window slots held in the state
@@ -148,8 +149,8 @@ def _stack_step_kernel(
         for c0 in range(0, DI, BLOCK_CI):
             offs_c = c0 + tl.arange(0, BLOCK_CI)
             mask_c = offs_c < DI
-            acc_x = _mm_zeros(BLOCK_B, BLOCK_KM, BLOCK_CI, USE_DOT)
-            acc_z = _mm_zeros(BLOCK_B, BLOCK_KM, BLOCK_CI, USE_DOT)
+            acc_x = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
+            acc_z = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
             for k0 in range(0, DM, BLOCK_KM):
                 offs_k = k0 + tl.arange(0, BLOCK_KM)
                 mask_k = offs_k < DM
@@ -161,8 +162,8 @@ def _stack_step_kernel(
                 w_z = tl.load(in_w + (DI + offs_c[None, :]) * DM + offs_k[:, None], mask=m_w, other=0.0)
                 acc_x = _mm_acc(acc_x, normed, w_x, USE_DOT, DOT_FP32)
                 acc_z = _mm_acc(acc_z, normed, w_z, USE_DOT, DOT_FP32)
-            x = _mm_result(acc_x, USE_DOT)
-            z = _mm_result(acc_z, USE_DOT)
+            x = acc_x
+            z = acc_z
             if HAS_IN_BIAS:
                 x += tl.load(in_b_ptr + l * 2 * DI + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
                 z += tl.load(in_b_ptr + l * 2 * DI + DI + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
@@ -191,12 +192,12 @@ def _stack_step_kernel(
             tl.store(scr_z + offs_c[None, :], z, mask=m2)
         tl.debug_barrier()
 
-        # ---- pass 2: x_proj -> dt (low rank), B, C, kept in registers ----
+        # ---- pass 2: x_proj -> dt (low rank), B, C, to the scratch rows ----
         if SELECTIVE:
             xw = x_proj_w_ptr + l * ((R + 2 * N) * DI)
-            acc_dt = _mm_zeros(BLOCK_B, BLOCK_KI, R_P, USE_DOT)
-            acc_B = _mm_zeros(BLOCK_B, BLOCK_KI, N_P, USE_DOT)
-            acc_C = _mm_zeros(BLOCK_B, BLOCK_KI, N_P, USE_DOT)
+            acc_dt = tl.zeros([BLOCK_B, R_P], dtype=tl.float32)
+            acc_B = tl.zeros([BLOCK_B, N_P], dtype=tl.float32)
+            acc_C = tl.zeros([BLOCK_B, N_P], dtype=tl.float32)
             for k0 in range(0, DI, BLOCK_KI):
                 offs_k = k0 + tl.arange(0, BLOCK_KI)
                 mask_k = offs_k < DI
@@ -209,44 +210,58 @@ def _stack_step_kernel(
                 acc_dt = _mm_acc(acc_dt, a, w_dt, USE_DOT, DOT_FP32)
                 acc_B = _mm_acc(acc_B, a, w_B, USE_DOT, DOT_FP32)
                 acc_C = _mm_acc(acc_C, a, w_C, USE_DOT, DOT_FP32)
-            dt_low = _round(_mm_result(acc_dt, USE_DOT), WT).to(WT)  # (BLOCK_B, R_P), the dt_proj input
-            B_sel = _round(_mm_result(acc_B, USE_DOT), WT)[:, None, :]  # (BLOCK_B, 1, N_P)
-            C_sel = _round(_mm_result(acc_C, USE_DOT), WT)[:, None, :]
+            m_n = mask_b[:, None] & mask_n[None, :]
+            tl.store(scr_dt + offs_r[None, :], _round(acc_dt, WT),
+                     mask=mask_b[:, None] & (offs_r < R)[None, :])
+            tl.store(scr_dt + R + offs_n[None, :], _round(acc_B, WT), mask=m_n)
+            tl.store(scr_dt + R + N + offs_n[None, :], _round(acc_C, WT), mask=m_n)
+            tl.debug_barrier()
 
-        # ---- pass 3: Δ, SSM state update, y = <C, h> + D x, gate ----
-        for c0 in range(0, DI, BLOCK_CS):
-            offs_c = c0 + tl.arange(0, BLOCK_CS)
-            mask_c = offs_c < DI
-            m2 = mask_b[:, None] & mask_c[None, :]
-            m3 = m2[:, :, None] & mask_n[None, None, :]
-            x = tl.load(scr_x + offs_c[None, :], mask=m2, other=0.0)
-            z = tl.load(scr_z + offs_c[None, :], mask=m2, other=0.0)
-            dt = tl.load(dt_bias_ptr + l * DI + offs_c, mask=mask_c, other=0.0)[None, :]
+        # ---- pass 3: Δ, SSM state update, y = <C, h> + D x, gate; SUB_B rows at a time ----
+        # Elementwise but for dt_proj (K = dt_rank, small): broadcast products, whatever BLOCK_B, so
+        # the (rows, channels, d_state) tiles stay small at any batch tile.
+        offs_q = tl.arange(0, RQ_P)
+        mask_q = offs_q < R
+        for b0 in range(0, BLOCK_B, SUB_B):
+            sub = tl.program_id(0) * BLOCK_B + b0 + tl.arange(0, SUB_B)
+            mask_s = sub < batch
+            sub = sub.to(tl.int64)
+            scr_s = scratch_ptr + sub[:, None] * (3 * DI + R + 2 * N)
+            h_rows = l * batch + sub
             if SELECTIVE:
-                w_dt = tl.load(dt_proj_w_ptr + (l * DI + offs_c[None, :]) * R + offs_r[:, None],
-                               mask=(offs_r < R)[:, None] & mask_c[None, :], other=0.0)  # (R_P, BLOCK_CS)
-                acc = _mm_acc(_mm_zeros(BLOCK_B, R_P, BLOCK_CS, USE_DOT), dt_low, w_dt, USE_DOT, DOT_FP32)
-                dt += _round(_mm_result(acc, USE_DOT), WT)
-                B3 = B_sel
-                C3 = C_sel
-            else:
+                m_sn = mask_s[:, None] & mask_n[None, :]
+                dt_low = tl.load(scr_s + 3 * DI + offs_q[None, :], mask=mask_s[:, None] & mask_q[None, :], other=0.0)
+                B3 = tl.load(scr_s + 3 * DI + R + offs_n[None, :], mask=m_sn, other=0.0)[:, None, :]
+                C3 = tl.load(scr_s + 3 * DI + R + N + offs_n[None, :], mask=m_sn, other=0.0)[:, None, :]
+            for c0 in range(0, DI, BLOCK_CS):
+                offs_c = c0 + tl.arange(0, BLOCK_CS)
+                mask_c = offs_c < DI
+                m2 = mask_s[:, None] & mask_c[None, :]
+                m3 = m2[:, :, None] & mask_n[None, None, :]
                 m_cn = mask_c[:, None] & mask_n[None, :]
-                const = (l * DI + offs_c[:, None]) * N + offs_n[None, :]
-                B3 = tl.load(B_ptr + const, mask=m_cn, other=0.0)[None, :, :]
-                C3 = tl.load(C_ptr + const, mask=m_cn, other=0.0)[None, :, :]
-            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))  # softplus
-            A = tl.load(A_ptr + (l * DI + offs_c[:, None]) * N + offs_n[None, :],
-                        mask=mask_c[:, None] & mask_n[None, :], other=0.0)
-            h_ptrs = ssm_state_ptr + ((state_rows[:, None] * DI + offs_c[None, :]) * N)[:, :, None] \
-                + offs_n[None, None, :]
-            h = tl.load(h_ptrs, mask=m3, other=0.0)
-            tl.debug_barrier()  # read before any thread writes it back
-            h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * B3
-            tl.store(h_ptrs, h, mask=m3)
-            y = tl.sum(h * C3, axis=2)
-            y += tl.load(D_ptr + l * DI + offs_c, mask=mask_c, other=0.0)[None, :] * x
-            y = _round(y * z * tl.sigmoid(z), WT)
-            tl.store(scr_y + offs_c[None, :], y, mask=m2)
+                x = tl.load(scr_s + offs_c[None, :], mask=m2, other=0.0)
+                z = tl.load(scr_s + DI + offs_c[None, :], mask=m2, other=0.0)
+                dt = tl.load(dt_bias_ptr + l * DI + offs_c, mask=mask_c, other=0.0)[None, :]
+                if SELECTIVE:
+                    w_dt = tl.load(dt_proj_w_ptr + (l * DI + offs_c[None, :]) * R + offs_q[:, None],
+                                   mask=mask_q[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+                    dt += _round(tl.sum(dt_low[:, :, None] * w_dt[None, :, :], axis=1), WT)
+                else:
+                    const = (l * DI + offs_c[:, None]) * N + offs_n[None, :]
+                    B3 = tl.load(B_ptr + const, mask=m_cn, other=0.0)[None, :, :]
+                    C3 = tl.load(C_ptr + const, mask=m_cn, other=0.0)[None, :, :]
+                dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))))  # softplus
+                A = tl.load(A_ptr + (l * DI + offs_c[:, None]) * N + offs_n[None, :], mask=m_cn, other=0.0)
+                h_ptrs = ssm_state_ptr + ((h_rows[:, None] * DI + offs_c[None, :]) * N)[:, :, None] \
+                    + offs_n[None, None, :]
+                h = tl.load(h_ptrs, mask=m3, other=0.0)
+                tl.debug_barrier()  # read before any thread writes it back
+                h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * B3
+                tl.store(h_ptrs, h, mask=m3)
+                y = tl.sum(h * C3, axis=2)
+                y += tl.load(D_ptr + l * DI + offs_c, mask=mask_c, other=0.0)[None, :] * x
+                y = _round(y * z * tl.sigmoid(z), WT)
+                tl.store(scr_s + 2 * DI + offs_c[None, :], y, mask=m2)
         tl.debug_barrier()
 
         # ---- pass 4: out_proj, residual add ----
@@ -254,7 +269,7 @@ def _stack_step_kernel(
         for d0 in range(0, DM, BLOCK_CO):
             offs_d = d0 + tl.arange(0, BLOCK_CO)
             mask_d = offs_d < DM
-            acc = _mm_zeros(BLOCK_B, BLOCK_KI, BLOCK_CO, USE_DOT)
+            acc = tl.zeros([BLOCK_B, BLOCK_CO], dtype=tl.float32)
             for k0 in range(0, DI, BLOCK_KI):
                 offs_k = k0 + tl.arange(0, BLOCK_KI)
                 mask_k = offs_k < DI
@@ -262,7 +277,7 @@ def _stack_step_kernel(
                 w = tl.load(out_w + offs_d[None, :] * DI + offs_k[:, None], mask=mask_k[:, None] & mask_d[None, :],
                             other=0.0)
                 acc = _mm_acc(acc, a, w, USE_DOT, DOT_FP32)
-            out = _mm_result(acc, USE_DOT)
+            out = acc
             if HAS_OUT_BIAS:
                 out += tl.load(out_b_ptr + l * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
             out = _round(out, WT)
@@ -277,16 +292,22 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(1, n))
 
 
+def _fit(budget: int, limit: int) -> int:
+    """The largest power of two <= budget and <= limit (a power of two), at least 1: tl.arange sizes."""
+    return max(1, min(limit, 1 << (max(1, budget).bit_length() - 1)))
+
+
 def _block_b(batch: int, device: torch.device) -> int:
-    """Rows per program: 1 on a GPU, where builds of 2 rows per program failed to compile at the
-    sc09 shapes (H100, triton 3.6, 2026-11-23; the interpreter does not compile); elsewhere the
-    fewest that keep the programs within one wave of SMs (16 or more rows go through tl.dot).
-    MAMBASEQ_STACK_BLOCK_B overrides both."""
+    """Rows per program: the fewest that keep the programs within one wave of SMs, so a small batch
+    spreads over SMs (each program reads every weight, from L2) and a large one shares weight reads
+    (16 or more rows go through tl.dot). MAMBASEQ_STACK_BLOCK_B overrides it.
+
+    (Builds of 2 rows per program failed on the H100 on 2026-11-23: some tile sizes were not powers
+    of two, which only the GPU compiler checks; fixed, and test_compiles_for_hopper_without_a_gpu
+    now compiles such builds for sm_90 on any machine.)"""
     value = os.environ.get(BLOCK_B_ENV, "").strip()
     if value:
         return int(value)
-    if device.type == "cuda":
-        return 1
     block = 1
     while block < 32 and triton.cdiv(batch, block) > sm_count(device):
         block *= 2
@@ -294,31 +315,41 @@ def _block_b(batch: int, device: torch.device) -> int:
 
 
 def _tiles(w: StackWeights, block_b: int) -> dict[str, int]:
-    """Constexpr tile sizes. tl.dot needs every dimension >= 16; the broadcast products keep one
-    product tile near _PRODUCT_TILE elements (in_proj holds two of them, x_proj three)."""
+    return dict(_tile_sizes(w.d_model, w.d_inner, w.dt_rank, w.d_state, w.d_conv, block_b,
+                            os.environ.get("TRITON_INTERPRET") == "1"))
+
+
+@functools.lru_cache(maxsize=256)
+def _tile_sizes(d_model: int, d_inner: int, dt_rank: int, d_state: int, d_conv: int, block_b: int,
+                interpreted: bool) -> dict[str, int]:
+    """Constexpr tile sizes. tl.dot needs every dimension >= 16. A broadcast product keeps rows x
+    weight tile near _MATVEC_TILE elements (in_proj loads two weight tiles a step, x_proj three):
+    the fewer steps, the fewer dependent trips to memory, which bound a step at small batch."""
     use_dot = block_b >= 16
-    dm, di = _pow2(w.d_model), _pow2(w.d_inner)
-    r_p, n_p = _pow2(w.dt_rank), _pow2(w.d_state)
+    dm, di = _pow2(d_model), _pow2(d_inner)
+    r_p, n_p, rq_p = _pow2(dt_rank), _pow2(d_state), _pow2(dt_rank)
     if use_dot:
         r_p, n_p = max(16, r_p), max(16, n_p)
-        block_km, block_ki = max(16, min(dm, 64)), max(16, min(di, 64))
-        block_ci = block_co = 64
-        block_cs = max(16, min(di, _PRODUCT_TILE // (block_b * n_p)))
+        block_km, block_ki = max(16, min(dm, _DOT_TILE)), max(16, min(di, _DOT_TILE))
+        block_ci = block_co = max(16, _DOT_TILE)
     else:
-        block_km, block_ki = min(dm, 64), min(di, 64)
-        block_ci = max(1, min(di, _PRODUCT_TILE // 2 // (block_b * block_km)))
-        block_ki = max(1, min(block_ki, _PRODUCT_TILE // (block_b * (r_p + 2 * n_p))))
-        block_co = max(1, min(dm, _PRODUCT_TILE // (block_b * block_ki)))
-        block_cs = max(1, min(di, _PRODUCT_TILE // (block_b * n_p)))
+        budget = _MATVEC_TILE // block_b
+        block_km = _fit(budget // 16, dm)
+        block_ci = _fit(budget // 2 // block_km, di)
+        block_ki = _fit(budget // (r_p + 2 * n_p), di)
+        block_co = _fit(budget // block_ki, dm)
+    sub_b = min(block_b, _SUB_B)
+    block_cs = _fit(_STATE_TILE // (sub_b * max(n_p, rq_p)), di)
     return dict(BLOCK_B=block_b, BLOCK_KM=block_km, BLOCK_KI=block_ki, BLOCK_CI=block_ci, BLOCK_CS=block_cs,
-                BLOCK_CO=block_co, R_P=r_p, N_P=n_p, KM1_P=_pow2(w.d_conv - 1), USE_DOT=use_dot,
+                BLOCK_CO=block_co, R_P=r_p, N_P=n_p, KM1_P=_pow2(d_conv - 1), SUB_B=sub_b, RQ_P=rq_p,
+                USE_DOT=use_dot,
                 # Triton's interpreter multiplies the raw bits of bf16 operands in tl.dot: there, and
                 # only there, they are widened to fp32 first (exact products, fp32 sums as on GPU).
-                DOT_FP32=use_dot and os.environ.get("TRITON_INTERPRET") == "1")
+                DOT_FP32=use_dot and interpreted)
 
 
 def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor, ssm_state: Tensor,
-                     *, block_b: int | None = None, num_warps: int = 4) -> Tensor:
+                     *, block_b: int | None = None, num_warps: int = 8) -> Tensor:
     """One position through a stack of Mamba blocks in one Triton launch; same contract as
     `reference.mamba_stack_step_ref`.
 
@@ -349,16 +380,99 @@ def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor
         raise ValueError(f"block_b must be a power of two, got {block_b}")
     # Fresh per call: the caching allocator makes it cheap, and under CUDA-graph capture it is
     # allocated from the graph's pool at a fixed address, as every other intermediate.
-    scratch = torch.empty(batch, 3 * w.d_inner, device=residual.device, dtype=torch.float32)
-    _stack_step_kernel[(triton.cdiv(batch, block_b),)](
-        residual, out, conv_state, ssm_state, scratch,
-        w.norm_weight, w.in_proj_weight, w.in_proj_bias, w.conv_weight, w.conv_bias, w.x_proj_weight,
-        w.dt_proj_weight, w.dt_bias, w.B, w.C, w.A, w.D, w.out_proj_weight, w.out_proj_bias,
-        batch, w.eps, residual.stride(0),
-        N_LAYER=n, DM=w.d_model, DI=w.d_inner, R=w.dt_rank, N=w.d_state, K=w.d_conv, SELECTIVE=w.selective,
-        HAS_IN_BIAS=w.in_proj_bias is not None, HAS_CONV_BIAS=w.conv_bias is not None,
-        HAS_OUT_BIAS=w.out_proj_bias is not None, **_tiles(w, block_b),
-        # No software pipelining: a prefetch must never move a load across the barriers above.
-        num_warps=num_warps, num_stages=1,
-    )
+    scratch = torch.empty(batch, _scratch_cols(w), device=residual.device, dtype=torch.float32)
+    args, constexprs = _arguments(residual, out, conv_state, ssm_state, scratch, w, batch, block_b)
+    # No software pipelining (num_stages=1): a prefetch must never move a load across a barrier.
+    _stack_step_kernel[(triton.cdiv(batch, block_b),)](*args, **constexprs, num_warps=num_warps, num_stages=1)
     return out
+
+
+def _scratch_cols(w: StackWeights) -> int:
+    return 3 * w.d_inner + w.dt_rank + 2 * w.d_state
+
+
+def _arguments(residual: Tensor, out: Tensor, conv_state: Tensor, ssm_state: Tensor, scratch: Tensor,
+               w: StackWeights, batch: int, block_b: int) -> tuple[list[Any], dict[str, Any]]:
+    """The kernel's runtime arguments and constexprs (shared by the launch and `compile_offline`)."""
+    args = [residual, out, conv_state, ssm_state, scratch,
+            w.norm_weight, w.in_proj_weight, w.in_proj_bias, w.conv_weight, w.conv_bias, w.x_proj_weight,
+            w.dt_proj_weight, w.dt_bias, w.B, w.C, w.A, w.D, w.out_proj_weight, w.out_proj_bias,
+            batch, w.eps, residual.stride(0)]
+    constexprs = dict(N_LAYER=w.n_layer, DM=w.d_model, DI=w.d_inner, R=w.dt_rank, N=w.d_state, K=w.d_conv,
+                      SELECTIVE=w.selective, HAS_IN_BIAS=w.in_proj_bias is not None,
+                      HAS_CONV_BIAS=w.conv_bias is not None, HAS_OUT_BIAS=w.out_proj_bias is not None,
+                      **_tiles(w, block_b))
+    return args, constexprs
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def compile_offline(weights: StackWeights, batch: int, block_b: int, *, residual_dtype: torch.dtype = torch.float32,
+                    state_dtype: torch.dtype | None = None, num_warps: int = 8, arch: int = 90) -> dict[str, Any]:
+    """Compile the kernel for an NVIDIA GPU of compute capability `arch` without one (Triton's
+    front end and ptxas, on any machine; not under TRITON_INTERPRET): the checks the interpreter
+    skips (power-of-two tile sizes, tl.dot shapes) and the register and spill counts.
+
+    `weights` may live on the CPU (only dtypes and shapes matter). Returns {"registers",
+    "spill_bytes", "shared_bytes", "barriers", "ptx"}.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if not isinstance(_stack_step_kernel, triton.runtime.jit.JITFunction):
+        raise RuntimeError("compile_offline needs the compiled kernel: run it without TRITON_INTERPRET=1")
+    w = weights
+
+    def empty(dtype: torch.dtype) -> Tensor:
+        return torch.empty(0, dtype=dtype)
+
+    residual = torch.empty(batch, w.d_model, dtype=residual_dtype)
+    args, constexprs = _arguments(residual, residual, empty(state_dtype or w.dtype), empty(torch.float32),
+                                  empty(torch.float32), w, batch, block_b)
+    constexprs["DOT_FP32"] = False  # what a GPU compiles
+    signature, constants = {}, dict(constexprs)
+    for name, arg in zip(_stack_step_kernel.arg_names, args, strict=False):
+        if arg is None:
+            signature[name], constants[name] = "constexpr", None
+        elif isinstance(arg, Tensor):
+            signature[name] = "*" + _TRITON_TYPES[arg.dtype]
+        else:
+            signature[name] = "fp32" if isinstance(arg, float) else "i32"
+    signature |= dict.fromkeys(constexprs, "constexpr")
+    # As a launch specialises them: pointers 16-byte aligned (torch's allocations), ints divisible by 16.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(args)
+             if isinstance(arg, Tensor) or (isinstance(arg, int) and arg % 16 == 0)}
+    source = ASTSource(_stack_step_kernel, {n: signature[n] for n in _stack_step_kernel.arg_names}, constants,
+                       attrs)
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=num_warps, num_stages=1))
+    ptx = kernel.asm["ptx"]
+    return dict(**_ptxas_usage(ptx, arch), shared_bytes=kernel.metadata.shared, barriers=ptx.count("bar.sync"),
+                ptx=ptx)
+
+
+def _ptxas_usage(ptx: str, arch: int) -> dict[str, int | None]:
+    import re
+    import subprocess
+    import tempfile
+
+    try:  # Triton >= 3.5 names the ptxas that knows the newest PTX per arch; older ones have one
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptxas = get_ptxas(arch).path
+    except ImportError:
+        from triton import knobs
+
+        ptxas = knobs.nvidia.ptxas.path
+    suffix = "a" if arch >= 90 else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        run = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}{suffix}", path, "-o", path + ".cubin"],
+                             capture_output=True, text=True, check=True)
+    registers = re.search(r"Used (\d+) registers", run.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", run.stderr)
+    return dict(registers=int(registers.group(1)) if registers else None,
+                spill_bytes=int(spills.group(1)) if spills else 0)

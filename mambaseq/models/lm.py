@@ -61,8 +61,8 @@ class MambaBackbone(nn.Module):
     def step(self, input_ids: Tensor, cache: InferenceCache) -> Tensor:
         """input_ids: (batch,) -> hidden (batch, d_model); advances `cache` by one position.
 
-        Without autograd, all blocks run as one fused `mamba_stack_step` when they can (see
-        models/stack_step.py; MAMBASEQ_STACK_STEP=0 forces the block-by-block step)."""
+        With MAMBASEQ_STACK_STEP=1 and no autograd, all blocks run as one fused `mamba_stack_step`
+        when they can (see models/stack_step.py); otherwise block by block."""
         residual = step_blocks(self.layers, self._residual(input_ids), cache.layers)
         cache.seqlen_offset += 1
         return self.norm_f(residual.to(self.norm_f.weight.dtype))

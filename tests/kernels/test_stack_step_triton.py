@@ -150,3 +150,55 @@ def test_replays_from_a_cuda_graph(seed):
         graph.replay()
         ref = mamba_stack_step_ref(residual, w, conv_ref, ssm_ref)
         assert rel_err(out, ref) < 1e-5 and rel_err(ssm, ssm_ref) < 1e-5
+
+
+COMPILE_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_stack_step_triton import random_weights
+from mambaseq.kernels.stack_step import compile_offline
+for shape in {shapes!r}:
+    d_model, n_layer, d_conv, d_state, selective, bias, dtype, block_b = shape
+    w = random_weights(n_layer, d_model, d_state, d_conv, selective, bias, getattr(torch, dtype))
+    result = compile_offline(w, 37, block_b)
+    assert result["registers"], result
+    print("compiled", shape, result["registers"], result["spill_bytes"])
+"""
+
+
+def test_compiles_for_hopper_without_a_gpu(tmp_path):
+    """What the interpreter does not check (power-of-two tiles, tl.dot shapes, types the GPU
+    lowering accepts): the real compiler, for sm_90, in a process without TRITON_INTERPRET."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    shapes = [(24, 2, 4, 16, True, True, "float32", 1), (24, 1, 2, 4, False, False, "bfloat16", 16),
+              (64, 2, 3, 16, True, False, "bfloat16", 2), (128, 1, 4, 16, True, True, "float32", 32)]
+    tests = str(Path(__file__).parent)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1",
+               PYTHONPATH=os.pathsep.join([str(Path(tests).parents[1]), str(Path(tests).parent), tests]))
+    run = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT.format(tests=tests, shapes=shapes)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("compiled") == len(shapes)
+
+
+@pytest.mark.parametrize("block_b", [1, 2, 4, 8, 16, 32])
+def test_tiles_are_powers_of_two_and_dot_sized(block_b):
+    # tl.arange sizes must be powers of two on the GPU (the interpreter does not check), and every
+    # tl.dot dimension at least 16.
+    from mambaseq.kernels.stack_step import _tiles
+
+    for d_model in (16, 24, 64, 100, 256, 1024):
+        for d_state in (4, 5, 16):
+            w = random_weights(1, d_model, d_state, 4)
+            tiles = _tiles(w, block_b)
+            sizes = {k: v for k, v in tiles.items() if k not in ("USE_DOT", "DOT_FP32")}
+            assert all(v >= 1 and v & (v - 1) == 0 for v in sizes.values()), (d_model, d_state, sizes)
+            if tiles["USE_DOT"]:
+                assert min(tiles[k] for k in ("BLOCK_B", "BLOCK_KM", "BLOCK_KI", "BLOCK_CI", "BLOCK_CO",
+                                              "R_P", "N_P")) >= 16
