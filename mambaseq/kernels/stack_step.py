@@ -298,16 +298,16 @@ def _fit(budget: int, limit: int) -> int:
 
 
 def _block_b(batch: int, device: torch.device) -> int:
-    """Rows per program: the fewest that keep the programs within one wave of SMs, so a small batch
-    spreads over SMs (each program reads every weight, from L2) and a large one shares weight reads
-    (16 or more rows go through tl.dot). MAMBASEQ_STACK_BLOCK_B overrides it.
-
-    (Builds of 2 rows per program failed on the H100 on 2026-11-23: some tile sizes were not powers
-    of two, which only the GPU compiler checks; fixed, and test_compiles_for_hopper_without_a_gpu
-    now compiles such builds for sm_90 on any machine.)"""
+    """Rows per program. On a GPU 1: the H100 sweep of 2026-11-23 (`benchmarks/stack_step_speed.py`)
+    found one row per program fastest for every sc09 stack at batch 1 and at batch 256 (2 rows cost
+    1.5-1.9x, 16 rows 4-10x: the per-program weight reads are not the bound, its dependent trips are).
+    Elsewhere (the interpreter) the fewest that keep the programs within one wave, so the wider
+    builds stay tested. MAMBASEQ_STACK_BLOCK_B overrides both."""
     value = os.environ.get(BLOCK_B_ENV, "").strip()
     if value:
         return int(value)
+    if device.type == "cuda":
+        return 1
     block = 1
     while block < 32 and triton.cdiv(batch, block) > sm_count(device):
         block *= 2
@@ -349,14 +349,15 @@ def _tile_sizes(d_model: int, d_inner: int, dt_rank: int, d_state: int, d_conv: 
 
 
 def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor, ssm_state: Tensor,
-                     *, block_b: int | None = None, num_warps: int = 8) -> Tensor:
+                     *, block_b: int | None = None, num_warps: int = 4) -> Tensor:
     """One position through a stack of Mamba blocks in one Triton launch; same contract as
     `reference.mamba_stack_step_ref`.
 
     residual: (batch, d_model); conv_state: (n_layer, batch, d_inner, d_conv - 1) and ssm_state:
     (n_layer, batch, d_inner, d_state) fp32, contiguous, updated in place. Returns the new
     residual (batch, d_model) in residual.dtype. `block_b` (rows per program, a power of two; >= 16
-    uses tl.dot) defaults to MAMBASEQ_STACK_BLOCK_B or a heuristic. No host synchronisation and
+    uses tl.dot) defaults to MAMBASEQ_STACK_BLOCK_B or a heuristic; 4 warps measured fastest on the
+    H100 at batch 256 for every sc09 stack and within 5% of 8 at batch 1. No host synchronisation and
     only per-call allocations from the caching allocator: capturable in a CUDA graph.
     """
     w = weights

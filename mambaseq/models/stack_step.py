@@ -7,10 +7,11 @@ whole stack of blocks in one `mamba_stack_step` call (one Triton launch on CUDA)
 - no autograd (the fused kernel has no backward), blocks with RMSNorm (LayerNorm blocks keep the
   per-block path), and states that are an intact `StackedStates` (what `allocate_cache` makes);
 - `MAMBASEQ_STACK_STEP` is `1` / `on`, or unset for a model that asks for it by default
-  (`fused_by_default`): SashimiLM does, MambaLM does not. On the H100 the fused step made
-  sashimi-sc09 generation 1.49x faster at batch 1 and 2.22x at batch 256, but a 14-block d_model 256
-  MambaLM 3.1x / 1.6x slower (one program per batch row runs a whole stack on one SM, and that
-  stack is deep and wide); RESULTS.md. `0` / `off` forces the per-block step.
+  (`fused_by_default`) and a stack no wider than `FUSED_MAX_D_MODEL`: SashimiLM asks, MambaLM does
+  not. One program per batch row runs a whole stack on one SM, so a narrow stack gains and a wide
+  one loses: on the H100 (2026-11-23, `benchmarks/stack_step_speed.py`) 8 blocks of d_model 64 ran
+  3.0x / 5.3x faster fused than block by block at batch 1 / 256, d_model 128 1.0x / 1.6x, d_model 256
+  0.35x / 0.62x (RESULTS.md). `0` / `off` forces the per-block step; `1` / `on` fuses every stack.
 
 The packed weights (stacked copies, so one more copy of the blocks' weights in memory) are built
 once per stack and kept in a weak map keyed by the stack's ModuleList, together with the
@@ -39,15 +40,22 @@ if TYPE_CHECKING:
 ENV_VAR = "MAMBASEQ_STACK_STEP"
 _OFF = ("0", "off", "false", "no")
 _ON = ("1", "on", "true", "yes")
+FUSED_MAX_D_MODEL = 128  # widest stack fused by default (module docstring)
 
 
-def stack_step_enabled(fused_by_default: bool = False) -> bool:
+def stack_step_enabled(fused_by_default: bool = False, d_model: int | None = None) -> bool:
     """Whether to run the fused stack step: MAMBASEQ_STACK_STEP on (1, on, true, yes) or off (0, off,
-    false, no); unset, the model's own default."""
+    false, no); unset, the model's own default for a stack of width `d_model` (any width when None)."""
     value = os.environ.get(ENV_VAR, "").strip().lower()
     if value and value not in _OFF + _ON:
         raise ValueError(f"{ENV_VAR}={value!r} is not one of {', '.join(repr(v) for v in _OFF + _ON)}")
-    return value in _ON if value else fused_by_default
+    if value:
+        return value in _ON
+    return fused_by_default and (d_model is None or d_model <= FUSED_MAX_D_MODEL)
+
+
+def _d_model(blocks: nn.ModuleList) -> int:
+    return blocks[0].mixer.config.d_model
 
 
 @torch.no_grad()
@@ -117,7 +125,7 @@ def packed_weights(blocks: nn.ModuleList) -> StackWeights | None:
 
 def prepare_stack_step(blocks: nn.ModuleList, fused_by_default: bool = False) -> None:
     """Pack `blocks` now (when the fused step is on), so that the first step does not."""
-    if len(blocks) and stack_step_enabled(fused_by_default):
+    if len(blocks) and stack_step_enabled(fused_by_default, _d_model(blocks)):
         packed_weights(blocks)
 
 
@@ -126,7 +134,7 @@ def step_blocks(blocks: nn.ModuleList, residual: Tensor, states: Sequence[LayerS
     """One position through `blocks`: residual (batch, d_model) -> (batch, d_model), updating
     `states` in place; one fused `mamba_stack_step` when possible (module docstring), else block by block."""
     if (len(blocks) and isinstance(states, StackedStates) and not torch.is_grad_enabled()
-            and stack_step_enabled(fused_by_default) and states.intact()):
+            and stack_step_enabled(fused_by_default, residual.shape[-1]) and states.intact()):
         weights = packed_weights(blocks)
         if weights is not None:
             return mamba_stack_step(residual, weights, states.conv, states.ssm)

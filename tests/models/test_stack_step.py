@@ -211,6 +211,22 @@ def test_unset_switch_takes_the_models_default(seed, monkeypatch, fused_calls, m
     assert bool(fused_calls) == fused
 
 
+@pytest.mark.parametrize("env,fused_by_default,d_model,expected", [
+    (None, True, stack_module.FUSED_MAX_D_MODEL, True),
+    (None, True, 2 * stack_module.FUSED_MAX_D_MODEL, False),
+    (None, False, 64, False),
+    ("1", False, 2 * stack_module.FUSED_MAX_D_MODEL, True),
+    ("0", True, 64, False),
+])
+def test_default_fuses_only_narrow_stacks(monkeypatch, env, fused_by_default, d_model, expected):
+    # Wide stacks were measured slower fused (one SM per stream); the switch overrides the width rule.
+    if env is None:
+        monkeypatch.delenv(stack_module.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(stack_module.ENV_VAR, env)
+    assert stack_module.stack_step_enabled(fused_by_default, d_model) is expected
+
+
 def test_bad_switch_value_is_an_error(monkeypatch):
     monkeypatch.setenv(stack_module.ENV_VAR, "maybe")
     with pytest.raises(ValueError, match="MAMBASEQ_STACK_STEP"):
