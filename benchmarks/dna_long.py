@@ -1,13 +1,15 @@
 """GPU benchmark: one training step (forward + backward + AdamW) of the dna-1.4m model at batch 1,
 L = 2^14 .. 2^22 (until memory runs out), with and without activation checkpointing per block;
 `--fused-inner` runs the memory-lean mixer path (MambaConfig.fused_inner: each mixer keeps only
-its input for backward and recomputes the rest there).
+its input for backward and recomputes the rest there); `--seq-chunk N` trains each window in chunks
+of N tokens with the states carried between them (training/seq_chunks.py: exact gradients, one
+chunk's activations in memory).
 
 Prints peak GPU memory, bytes per token and tokens/s per length (median of a few steps after one
 warm-up step), bf16 autocast as `mambaseq train dna` uses on GPU.
 
     python benchmarks/dna_long.py [--min-log2 14] [--max-log2 22] [--fused-inner]
-                                  [--checkpoint both|off|on] [--json OUT.json]
+                                  [--checkpoint both|off|on] [--seq-chunk N] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from mambaseq import MambaConfig
 from mambaseq.training.lm_module import CausalLMModule
 
 
-def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False) -> dict:
-    config = MambaConfig.from_preset("dna-1.4m", fused_inner=fused_inner)
-    module = CausalLMModule(config.to_dict(), checkpoint_activations=checkpoint).cuda()
+def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False, seq_chunk: int | None = None) -> dict:
+    config = MambaConfig.from_preset("dna-1.4m", vocab_size=12, fused_inner=fused_inner)
+    module = CausalLMModule(config.to_dict(), checkpoint_activations=checkpoint, seq_chunk=seq_chunk).cuda()
     model = module.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=8e-3)
     ids = torch.randint(7, 11, (1, L + 1), device="cuda")
@@ -38,8 +39,8 @@ def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False) 
         torch.cuda.synchronize()
         tic = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(ids[:, :-1])[..., :12]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+            nll, tokens = module._nll(ids)  # the training step's loss, chunked when seq_chunk is set
+        loss = nll / tokens
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -48,7 +49,8 @@ def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False) 
             times.append(time.perf_counter() - tic)
     peak = torch.cuda.max_memory_allocated() - base
     ms = statistics.median(times) * 1e3
-    return {"L": L, "checkpoint": checkpoint, "fused_inner": fused_inner, "step_ms": ms, "tokens_per_s": L / ms * 1e3,
+    return {"L": L, "checkpoint": checkpoint, "fused_inner": fused_inner, "seq_chunk": seq_chunk,
+            "step_ms": ms, "tokens_per_s": L / ms * 1e3,
             "peak_gib": peak / 2**30, "bytes_per_token": peak / L, "loss": loss.item()}
 
 
@@ -61,6 +63,8 @@ def main() -> None:
                         help="memory-lean mixer (MambaConfig.fused_inner=True)")
     parser.add_argument("--checkpoint", choices=("both", "off", "on"), default="both",
                         help="activation checkpointing per block: off, on, or both sweeps (default)")
+    parser.add_argument("--seq-chunk", type=int, default=None,
+                        help="train in chunks of this many tokens, states carried (default: whole windows)")
     parser.add_argument("--json")
     args = parser.parse_args()
     rows = []
@@ -68,9 +72,10 @@ def main() -> None:
     for checkpoint in modes:
         for log2 in range(args.min_log2, args.max_log2 + 1):
             try:
-                row = step_stats(2**log2, checkpoint, args.steps, args.fused_inner)
+                row = step_stats(2**log2, checkpoint, args.steps, args.fused_inner, args.seq_chunk)
             except torch.OutOfMemoryError:
-                rows.append({"L": 2**log2, "checkpoint": checkpoint, "fused_inner": args.fused_inner, "oom": True})
+                rows.append({"L": 2**log2, "checkpoint": checkpoint, "fused_inner": args.fused_inner,
+                             "seq_chunk": args.seq_chunk, "oom": True})
                 print(json.dumps(rows[-1]), flush=True)
                 torch.cuda.empty_cache()
                 break
@@ -80,7 +85,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
-    print(f"fused_inner={args.fused_inner}")
+    print(f"fused_inner={args.fused_inner} seq_chunk={args.seq_chunk}")
     print(f"{'L':>9} {'ckpt':>5} {'step ms':>9} {'tokens/s':>11} {'peak GiB':>9} {'B/token':>8}")
     for r in rows:
         if r.get("oom"):

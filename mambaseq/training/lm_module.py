@@ -16,6 +16,7 @@ from ..models import MambaLM
 from ..models.lm import MambaBlock
 from .data import kept
 from .optim import configure_optimizers
+from .seq_chunks import chunked_nll
 
 
 def checkpoint_blocks(model: nn.Module) -> None:
@@ -78,6 +79,9 @@ class StepSums:
 class CausalLMModule(L.LightningModule):
     """Batches are token ids (batch, L + 1): predict positions 1..L from 0..L-1.
 
+    `seq_chunk`: train windows longer than this many tokens in chunks with the states carried
+    between them (training/seq_chunks.py: exact, one chunk's activations in memory).
+
     Logs loss, bits per token (loss / ln 2) and tokens per second of the global batch (all ranks and
     micro-batches of the step); validation reports bits per token over all validation tokens of all
     ranks (summed, then divided: not a mean of batch or rank means). Validation batches are
@@ -88,10 +92,14 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model_config: dict, lr: float = 8e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, total_steps: int = 1000,
-                 min_lr_ratio: float = 0.1, checkpoint_activations: bool = False) -> None:
+                 min_lr_ratio: float = 0.1, checkpoint_activations: bool = False, seq_chunk: int | None = None,
+                 ) -> None:
         super().__init__()
+        if seq_chunk is not None and (isinstance(seq_chunk, bool) or not isinstance(seq_chunk, int) or seq_chunk < 1):
+            raise ValueError(f"seq_chunk must be a positive integer or None, got {seq_chunk!r}")
         self.save_hyperparameters()
         self.model = MambaLM(MambaConfig.from_dict(model_config))
+        self.seq_chunk = seq_chunk
         if checkpoint_activations:
             checkpoint_blocks(self.model)
         self._val_nll = 0.0
@@ -99,6 +107,11 @@ class CausalLMModule(L.LightningModule):
         self._step = StepSums()
 
     def _nll(self, batch: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        if (self.seq_chunk and keep is None and torch.is_grad_enabled()
+                and batch.shape[1] - 1 > self.seq_chunk):
+            # Training memory only: without autograd a plain forward keeps no activations anyway.
+            nll = chunked_nll(self.model, batch[:, :-1], batch[:, 1:], self.seq_chunk, self.model.config.vocab_size)
+            return nll, batch[:, 1:].numel()
         logits = self.model(batch[:, :-1])[..., : self.model.config.vocab_size]
         targets = batch[:, 1:]
         if keep is not None:  # every row ran through the model (see EvenSplit); padding is not counted

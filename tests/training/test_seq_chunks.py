@@ -1,0 +1,153 @@
+"""Sequence-chunked training: the loss and gradients of the whole window, one chunk in memory at a time."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import rel_err
+
+from mambaseq import MambaConfig, kernels
+from mambaseq.models import MambaLM
+from mambaseq.training import lm_module
+from mambaseq.training.lm_module import CausalLMModule
+from mambaseq.training.seq_chunks import chunked_nll
+
+VOCAB = 12
+
+
+def _model(**overrides) -> MambaLM:
+    config = MambaConfig(**{**dict(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=4, d_conv=4), **overrides})
+    model = MambaLM(config)
+    with torch.no_grad():  # off the init's round values, so every parameter's gradient matters
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model
+
+
+def _plain_nll(model: MambaLM, inputs, targets):
+    logits = model(inputs)[..., :VOCAB]
+    return F.cross_entropy(logits.reshape(-1, VOCAB).float(), targets.reshape(-1), reduction="sum")
+
+
+def _loss_and_grads(model, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("chunk_len", [1, 5, 16, 29, 64])
+@pytest.mark.parametrize("overrides", [{}, dict(selective=False), dict(bias=True, d_conv=2)],
+                         ids=["selective", "time-invariant", "bias-conv2"])
+def test_chunked_loss_and_gradients_equal_the_whole_window(seed, chunk_len, overrides):
+    # L = 29 is a multiple of no chunk length but itself: the last chunk is short. Gradients of the
+    # early chunks reach them only through the carried states, so a cut there would show.
+    model = _model(**overrides)
+    ids = torch.randint(0, VOCAB, (2, 30))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    plain_loss, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
+    loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, chunk_len, VOCAB))
+    assert rel_err(loss, plain_loss) < 1e-6
+    assert rel_err(grads, plain_grads) < 1e-5
+
+
+def test_chunks_that_drop_the_state_gradient_would_differ(seed):
+    # The check above can fail: detaching the states between chunks (truncated backprop) moves
+    # the gradients well past its tolerance.
+    model = _model()
+    ids = torch.randint(0, VOCAB, (2, 33))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    _, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
+
+    def truncated():
+        cache, total = model.allocate_cache(2, dtype=torch.float32), 0
+        for start in range(0, 32, 8):
+            cache = cache.detach()
+            logits = model(inputs[:, start:start + 8], cache)[..., :VOCAB]
+            total = total + F.cross_entropy(logits.reshape(-1, VOCAB), targets[:, start:start + 8].reshape(-1),
+                                            reduction="sum")
+        return total
+
+    _, grads = _loss_and_grads(model, truncated)
+    assert rel_err(grads, plain_grads) > 1e-3
+
+
+def test_chunked_gradients_through_the_triton_kernels(seed, monkeypatch):
+    # The CUDA path: Triton conv and scan, gradients through their initial states (interpreted on a
+    # CPU-only machine, at a small shape).
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _model(n_layer=1).to(device)
+    ids = torch.randint(0, VOCAB, (1, 20), device=device)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    _, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
+    monkeypatch.setattr(kernels, "_dispatch", lambda op, dev: kernels._triton_op(op))
+    _, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, 7, VOCAB))
+    assert rel_err(grads, plain_grads) < 1e-4
+
+
+def test_module_trains_in_chunks_and_validates_whole(seed, monkeypatch):
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])
+        return chunked_nll(*args, **kwargs)
+
+    monkeypatch.setattr(lm_module, "chunked_nll", spy)
+    module = CausalLMModule(_model().config.to_dict(), seq_chunk=8)
+    batch = torch.randint(0, VOCAB, (2, 25))
+    module._nll(batch)
+    assert calls == [8]
+    with torch.no_grad():
+        module._nll(batch, torch.ones(2, dtype=torch.bool))
+    assert calls == [8]
+
+
+def test_module_with_chunks_gives_the_plain_gradients(seed):
+    config = _model().config.to_dict()
+    plain, chunked = CausalLMModule(config), CausalLMModule(config, seq_chunk=6)
+    chunked.model.load_state_dict(plain.model.state_dict())
+    batch = torch.randint(0, VOCAB, (2, 21))
+    grads = []
+    for module in (plain, chunked):
+        nll, tokens = module._nll(batch)
+        (nll / tokens).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters()]))
+    assert rel_err(grads[1], grads[0]) < 1e-5
+
+
+@pytest.mark.parametrize("value", [0, -4, 2.5, True])
+def test_bad_seq_chunk_is_refused(value):
+    with pytest.raises(ValueError, match="seq_chunk"):
+        CausalLMModule(_model().config.to_dict(), seq_chunk=value)
+
+
+def test_chunked_nll_needs_a_mamba_lm():
+    with pytest.raises(TypeError, match="MambaLM"):
+        chunked_nll(torch.nn.Linear(2, 2), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long), 2)
+
+
+@pytest.mark.gpu
+def test_chunked_training_memory_stays_at_one_chunk(seed):
+    """On the GPU under bf16 autocast: the same gradients as the whole window, and the peak memory of
+    a 2^16 window trained in 2^12 chunks a small fraction of the plain one's."""
+    model = MambaLM(MambaConfig.from_preset("dna-1.4m", vocab_size=VOCAB)).cuda()
+    ids = torch.randint(7, 11, (1, 2**16 + 1), device="cuda")
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    peaks, grads = [], []
+    for loss_fn in (lambda: _plain_nll(model, inputs, targets),
+                    lambda: chunked_nll(model, inputs, targets, 2**12, VOCAB)):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, g = _loss_and_grads(model, loss_fn)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+        grads.append(g)
+    assert peaks[1] < peaks[0] / 4, peaks
+    assert rel_err(grads[1], grads[0]) < 2e-2
