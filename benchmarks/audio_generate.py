@@ -20,8 +20,9 @@ and the JSON rewritten, so a killed run still leaves its results. Peak memory: C
 max_memory_allocated over the timed calls.
 
 Stack step: every row runs with the fused stack step (`--stack-step on`: each stack of Mamba blocks
-in one `mamba_stack_step` launch, MAMBASEQ_STACK_STEP=1), the block-by-block step (`off`, =0), or, by
-default, both, one row each; the row's "stack_step" field and table column say which.
+in one `mamba_stack_step` launch, MAMBASEQ_STACK_STEP=1), the block-by-block step (`off`, =0), the
+models' own choice (`default`, unset: SashimiLM fuses its stacks up to d_model 128), `both` (on and
+off) or, by default, `all` three, one row each; the row's "stack_step" field and table column say which.
 `--stack-block-b` fixes the kernel's rows per program (MAMBASEQ_STACK_BLOCK_B) instead of its heuristic.
 
 GPU (about 3-6 minutes):
@@ -140,8 +141,8 @@ def row_markdown(row: dict[str, Any]) -> str:
             f"{row['setup_s_median']:.2f} | {peak} | {target} |")
 
 
-def _on_off(flag: bool) -> str:
-    return "fused" if flag else "per block"
+def _on_off(flag: bool | None) -> str:
+    return "default" if flag is None else "fused" if flag else "per block"
 
 
 def environment(args: argparse.Namespace, models: dict[str, torch.nn.Module]) -> dict[str, Any]:
@@ -172,8 +173,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=400.0, help="Start no new row after this many seconds.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-eager", action="store_true", help="Skip the rows without CUDA graphs.")
-    parser.add_argument("--stack-step", default="both", choices=["on", "off", "both"],
-                        help="Fused stack step (one launch per stack of blocks), the per-block step, or a row of each.")
+    parser.add_argument("--stack-step", default="all", choices=["on", "off", "default", "both", "all"],
+                        help="Fused stack step (one launch per stack of blocks), the per-block step, the models' "
+                             "default, on and off, or all three.")
     parser.add_argument("--stack-block-b", type=int, default=None,
                         help="Rows per program of the fused stack step (a power of two; default: its heuristic).")
     args = parser.parse_args()
@@ -184,7 +186,8 @@ def main() -> None:
     print(json.dumps(report["environment"], indent=1), flush=True)
     cuda = args.device.startswith("cuda")
     modes = ([True] if cuda else []) + ([] if args.no_eager and cuda else [False])
-    stack_modes = {"on": [True], "off": [False], "both": [True, False]}[args.stack_step]
+    stack_modes = {"on": [True], "off": [False], "default": [None], "both": [True, False],
+                   "all": [None, True, False]}[args.stack_step]
     if args.stack_block_b is not None:
         os.environ["MAMBASEQ_STACK_BLOCK_B"] = str(args.stack_block_b)
     plan = [(graph, name, batch, stack) for graph in modes for name in models for batch in args.batch_sizes
@@ -193,7 +196,10 @@ def main() -> None:
     for graph, name, batch, stack in plan:
         row: dict[str, Any] = {"model": name, "batch": batch, "graph": graph, "stack_step": stack}
         # Read at every step (and so when each row's graph is captured): the row's own setting.
-        os.environ[STACK_STEP_ENV] = "1" if stack else "0"
+        if stack is None:
+            os.environ.pop(STACK_STEP_ENV, None)
+        else:
+            os.environ[STACK_STEP_ENV] = "1" if stack else "0"
         if time.perf_counter() - begin > args.budget:
             row["skipped"] = f"skipped: past the {args.budget:.0f} s budget"
         else:
