@@ -1,15 +1,15 @@
 """GPU benchmark: one training step (forward + backward + AdamW) of the dna-1.4m model at batch 1,
 L = 2^14 .. 2^22 (until memory runs out), with and without activation checkpointing per block;
 `--fused-inner` runs the memory-lean mixer path (MambaConfig.fused_inner: each mixer keeps only
-its input for backward and recomputes the rest there); `--seq-chunk N` trains each window in chunks
-of N tokens with the states carried between them (training/seq_chunks.py: exact gradients, one
+its input for backward and recomputes the rest there); `--chunk-tokens N` trains each window in chunks
+of N tokens with the states carried between them (training/chunked.py: exact gradients, one
 chunk's activations in memory).
 
 Prints peak GPU memory, bytes per token and tokens/s per length (median of a few steps after one
 warm-up step), bf16 autocast as `mambaseq train dna` uses on GPU.
 
     python benchmarks/dna_long.py [--min-log2 14] [--max-log2 22] [--fused-inner]
-                                  [--checkpoint both|off|on] [--seq-chunk N] [--json OUT.json]
+                                  [--checkpoint both|off|on] [--chunk-tokens N] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from mambaseq import MambaConfig
 from mambaseq.training.lm_module import CausalLMModule
 
 
-def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False, seq_chunk: int | None = None) -> dict:
+def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False,
+               chunk_tokens: int | None = None) -> dict:
     config = MambaConfig.from_preset("dna-1.4m", vocab_size=12, fused_inner=fused_inner)
-    module = CausalLMModule(config.to_dict(), checkpoint_activations=checkpoint, seq_chunk=seq_chunk).cuda()
+    module = CausalLMModule(config.to_dict(), checkpoint_activations=checkpoint, chunk_tokens=chunk_tokens).cuda()
     model = module.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=8e-3)
     ids = torch.randint(7, 11, (1, L + 1), device="cuda")
@@ -39,7 +40,7 @@ def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False, 
         torch.cuda.synchronize()
         tic = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            nll, tokens = module._nll(ids)  # the training step's loss, chunked when seq_chunk is set
+            nll, tokens = module._nll(ids)  # the training step's loss, chunked when chunk_tokens is set
         loss = nll / tokens
         loss.backward()
         optimizer.step()
@@ -49,7 +50,7 @@ def step_stats(L: int, checkpoint: bool, steps: int, fused_inner: bool = False, 
             times.append(time.perf_counter() - tic)
     peak = torch.cuda.max_memory_allocated() - base
     ms = statistics.median(times) * 1e3
-    return {"L": L, "checkpoint": checkpoint, "fused_inner": fused_inner, "seq_chunk": seq_chunk,
+    return {"L": L, "checkpoint": checkpoint, "fused_inner": fused_inner, "chunk_tokens": chunk_tokens,
             "step_ms": ms, "tokens_per_s": L / ms * 1e3,
             "peak_gib": peak / 2**30, "bytes_per_token": peak / L, "loss": loss.item()}
 
@@ -63,7 +64,7 @@ def main() -> None:
                         help="memory-lean mixer (MambaConfig.fused_inner=True)")
     parser.add_argument("--checkpoint", choices=("both", "off", "on"), default="both",
                         help="activation checkpointing per block: off, on, or both sweeps (default)")
-    parser.add_argument("--seq-chunk", type=int, default=None,
+    parser.add_argument("--chunk-tokens", type=int, default=None,
                         help="train in chunks of this many tokens, states carried (default: whole windows)")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -72,10 +73,10 @@ def main() -> None:
     for checkpoint in modes:
         for log2 in range(args.min_log2, args.max_log2 + 1):
             try:
-                row = step_stats(2**log2, checkpoint, args.steps, args.fused_inner, args.seq_chunk)
+                row = step_stats(2**log2, checkpoint, args.steps, args.fused_inner, args.chunk_tokens)
             except torch.OutOfMemoryError:
                 rows.append({"L": 2**log2, "checkpoint": checkpoint, "fused_inner": args.fused_inner,
-                             "seq_chunk": args.seq_chunk, "oom": True})
+                             "chunk_tokens": args.chunk_tokens, "oom": True})
                 print(json.dumps(rows[-1]), flush=True)
                 torch.cuda.empty_cache()
                 break
@@ -85,7 +86,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
-    print(f"fused_inner={args.fused_inner} seq_chunk={args.seq_chunk}")
+    print(f"fused_inner={args.fused_inner} chunk_tokens={args.chunk_tokens}")
     print(f"{'L':>9} {'ckpt':>5} {'step ms':>9} {'tokens/s':>11} {'peak GiB':>9} {'B/token':>8}")
     for r in rows:
         if r.get("oom"):

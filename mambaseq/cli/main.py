@@ -282,8 +282,9 @@ def train_dna_command(
     lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
     model: str = typer.Option(None, "--model", help="Model preset (tiny, dna-1.4m, dna-7m)."),
     seed: int = typer.Option(None, "--seed", help="Seed of model init and window sampling."),
-    seq_chunk: int = typer.Option(None, "--seq-chunk", help="Train long windows in chunks of this many bases "
-                                  "with the states carried (exact gradients, one chunk's memory)."),
+    chunk_tokens: int = typer.Option(None, "--chunk-tokens", help="Train at most this many tokens at a time: long "
+                                     "windows in pieces with the states carried (exact gradients, one piece's "
+                                     "memory)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
     devices: str = _devices_option(),
     num_nodes: int = _num_nodes_option(),
@@ -299,7 +300,7 @@ def train_dna_command(
     from ..tasks.dna.train import DnaTrainConfig, train_dna
 
     overrides = _overrides(set_, fasta=fasta or None, bed=bed, out=out, seq_len=seq_len, batch_size=batch_size,
-                           max_steps=max_steps, lr=lr, model=model, seed=seed, seq_chunk=seq_chunk,
+                           max_steps=max_steps, lr=lr, model=model, seed=seed, chunk_tokens=chunk_tokens,
                            resume=resume or None, devices=_devices(devices), num_nodes=num_nodes, strategy=strategy)
     result = _train("mambaseq train dna",
                     lambda log: train_dna(DnaTrainConfig.from_recipe(recipe, **overrides), log=log))

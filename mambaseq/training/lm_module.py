@@ -14,9 +14,9 @@ from torch import nn
 from ..config import MambaConfig
 from ..models import MambaLM
 from ..models.lm import MambaBlock
+from .chunked import chunked_nll
 from .data import kept
 from .optim import configure_optimizers
-from .seq_chunks import chunked_nll
 
 
 def checkpoint_blocks(model: nn.Module) -> None:
@@ -79,8 +79,9 @@ class StepSums:
 class CausalLMModule(L.LightningModule):
     """Batches are token ids (batch, L + 1): predict positions 1..L from 0..L-1.
 
-    `seq_chunk`: train windows longer than this many tokens in chunks with the states carried
-    between them (training/seq_chunks.py: exact, one chunk's activations in memory).
+    `chunk_tokens`: train batches of more tokens than this in chunks of at most this many: long
+    windows cut along the sequence with the states carried, short ones a few rows at a time
+    (training/chunked.py: exact, one chunk's activations in memory).
 
     Logs loss, bits per token (loss / ln 2) and tokens per second of the global batch (all ranks and
     micro-batches of the step); validation reports bits per token over all validation tokens of all
@@ -92,14 +93,15 @@ class CausalLMModule(L.LightningModule):
 
     def __init__(self, model_config: dict, lr: float = 8e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, total_steps: int = 1000,
-                 min_lr_ratio: float = 0.1, checkpoint_activations: bool = False, seq_chunk: int | None = None,
+                 min_lr_ratio: float = 0.1, checkpoint_activations: bool = False, chunk_tokens: int | None = None,
                  ) -> None:
         super().__init__()
-        if seq_chunk is not None and (isinstance(seq_chunk, bool) or not isinstance(seq_chunk, int) or seq_chunk < 1):
-            raise ValueError(f"seq_chunk must be a positive integer or None, got {seq_chunk!r}")
+        if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
+                                         or chunk_tokens < 1):
+            raise ValueError(f"chunk_tokens must be a positive integer or None, got {chunk_tokens!r}")
         self.save_hyperparameters()
         self.model = MambaLM(MambaConfig.from_dict(model_config))
-        self.seq_chunk = seq_chunk
+        self.chunk_tokens = chunk_tokens
         if checkpoint_activations:
             checkpoint_blocks(self.model)
         self._val_nll = 0.0
@@ -107,10 +109,11 @@ class CausalLMModule(L.LightningModule):
         self._step = StepSums()
 
     def _nll(self, batch: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-        if (self.seq_chunk and keep is None and torch.is_grad_enabled()
-                and batch.shape[1] - 1 > self.seq_chunk):
+        if (self.chunk_tokens and keep is None and torch.is_grad_enabled()
+                and batch[:, 1:].numel() > self.chunk_tokens):
             # Training memory only: without autograd a plain forward keeps no activations anyway.
-            nll = chunked_nll(self.model, batch[:, :-1], batch[:, 1:], self.seq_chunk, self.model.config.vocab_size)
+            nll = chunked_nll(self.model, batch[:, :-1], batch[:, 1:], self.chunk_tokens,
+                              self.model.config.vocab_size)
             return nll, batch[:, 1:].numel()
         logits = self.model(batch[:, :-1])[..., : self.model.config.vocab_size]
         targets = batch[:, 1:]

@@ -50,14 +50,15 @@ class DnaTrainConfig(TrainRecipe):
     rc_augment: bool = True
     soft_mask: str = "base"
     max_val_windows: int | None = 64
-    # Train windows longer than this in chunks of this many bases with the states carried between
-    # them: the exact gradients in one chunk's memory (training/seq_chunks.py). None: whole windows.
-    seq_chunk: int | None = None
+    # Train at most this many tokens at a time (windows cut along the sequence with the states
+    # carried, or a few windows at a time): the exact gradients in one chunk's memory
+    # (training/chunked.py). None: the whole micro-batch at once.
+    chunk_tokens: int | None = None
 
-    def check_seq_chunk(self) -> None:
-        value = self.seq_chunk
+    def check_chunk_tokens(self) -> None:
+        value = self.chunk_tokens
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise self.input_error(f"seq_chunk must be a positive integer (bases per chunk), got {value!r}")
+            raise self.input_error(f"chunk_tokens must be a positive integer (tokens per chunk), got {value!r}")
 
     def model_config(self) -> MambaConfig:
         return MambaConfig.from_preset(self.model, **{"vocab_size": VOCAB_SIZE, **self.model_overrides})
@@ -79,14 +80,14 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
     ranks return the same figures once training ends.
     """
     cfg.check_distributed()  # before reading any data
-    cfg.check_seq_chunk()
+    cfg.check_chunk_tokens()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     fasta_paths = cfg.fasta or bundled_genome()
     fasta = FastaCollection(fasta_paths)
     intervals = read_bed(cfg.bed, fasta, cfg.bed_split_column) if cfg.bed else None
     regions = split_regions(fasta, intervals, cfg.split, cfg.valid_fraction, cfg.valid_records)
     model_config = cfg.model_config()
-    module = CausalLMModule(model_config.to_dict(), **cfg.optimizer_kwargs(), seq_chunk=cfg.seq_chunk)
+    module = CausalLMModule(model_config.to_dict(), **cfg.optimizer_kwargs(), chunk_tokens=cfg.chunk_tokens)
     sampler = WindowSampler(fasta, regions.train, cfg.max_n_frac, cfg.rc_augment, cfg.soft_mask)
     schedule = length_schedule(cfg.seq_len, cfg.warmup_start_len, cfg.warmup_stage_steps)
     train_batches = TrainBatches(sampler, schedule, cfg.batch_size * cfg.seq_len, cfg.seed,
@@ -111,7 +112,7 @@ def describe(cfg: DnaTrainConfig) -> str:
     mc = cfg.model_config()
     devices = "" if cfg.devices == 1 and cfg.num_nodes == 1 else \
         f" over {cfg.devices} devices x {cfg.num_nodes} nodes"
-    chunks = f" in chunks of {cfg.seq_chunk}" if cfg.seq_chunk and cfg.seq_chunk < cfg.seq_len else ""
+    chunks = f" in chunks of {cfg.chunk_tokens} tokens" if cfg.chunk_tokens else ""
     return (f"{cfg.model} ({mc.n_layer} x {mc.d_model}), seq_len {cfg.seq_len}{chunks}, "
             f"batch {cfg.batch_size}{devices}, "
             f"{cfg.max_steps} steps, {math.ceil(cfg.max_steps * cfg.batch_size * cfg.seq_len / 1e6)}M tokens")

@@ -1,4 +1,4 @@
-"""Sequence-chunked training: the loss and gradients of the whole window, one chunk in memory at a time."""
+"""Chunked training: the loss and gradients of the whole batch, one chunk in memory at a time."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from helpers import rel_err
 from mambaseq import MambaConfig, kernels
 from mambaseq.models import MambaLM
 from mambaseq.training import lm_module
+from mambaseq.training.chunked import chunked_nll
 from mambaseq.training.lm_module import CausalLMModule
-from mambaseq.training.seq_chunks import chunked_nll
 
 VOCAB = 12
 
@@ -39,17 +39,18 @@ def _loss_and_grads(model, loss_fn):
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("chunk_len", [1, 5, 16, 29, 64])
+@pytest.mark.parametrize("chunk_tokens", [1, 5, 16, 29, 58, 64])
 @pytest.mark.parametrize("overrides", [{}, dict(selective=False), dict(bias=True, d_conv=2)],
                          ids=["selective", "time-invariant", "bias-conv2"])
-def test_chunked_loss_and_gradients_equal_the_whole_window(seed, chunk_len, overrides):
+def test_chunked_loss_and_gradients_equal_the_whole_batch(seed, chunk_tokens, overrides):
     # L = 29 is a multiple of no chunk length but itself: the last chunk is short. Gradients of the
-    # early chunks reach them only through the carried states, so a cut there would show.
+    # early chunks reach them only through the carried states, so a cut there would show. 58 and 64
+    # take two rows at a time (the last group one row).
     model = _model(**overrides)
-    ids = torch.randint(0, VOCAB, (2, 30))
+    ids = torch.randint(0, VOCAB, (3, 30))
     inputs, targets = ids[:, :-1], ids[:, 1:]
     plain_loss, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
-    loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, chunk_len, VOCAB))
+    loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, chunk_tokens, VOCAB))
     assert rel_err(loss, plain_loss) < 1e-6
     assert rel_err(grads, plain_grads) < 1e-5
 
@@ -90,6 +91,26 @@ def test_chunked_gradients_through_the_triton_kernels(seed, monkeypatch):
     assert rel_err(grads, plain_grads) < 1e-4
 
 
+def test_short_windows_go_a_few_rows_at_a_time(seed, monkeypatch):
+    # Windows of 10 tokens at 25 tokens per chunk: 2 rows per piece, 3 pieces for 5 rows.
+    model = _model()
+    ids = torch.randint(0, VOCAB, (5, 11))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    shapes = []
+    forward = MambaLM.forward
+
+    def spy(self, input_ids, cache=None):
+        shapes.append(tuple(input_ids.shape))
+        return forward(self, input_ids, cache)
+
+    _, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
+    monkeypatch.setattr(MambaLM, "forward", spy)
+    shapes.clear()
+    _, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, 25, VOCAB))
+    assert shapes[:3] == [(2, 10), (2, 10), (1, 10)]  # then the same three again, recomputed in backward
+    assert rel_err(grads, plain_grads) < 1e-5
+
+
 def test_module_trains_in_chunks_and_validates_whole(seed, monkeypatch):
     calls = []
 
@@ -98,18 +119,18 @@ def test_module_trains_in_chunks_and_validates_whole(seed, monkeypatch):
         return chunked_nll(*args, **kwargs)
 
     monkeypatch.setattr(lm_module, "chunked_nll", spy)
-    module = CausalLMModule(_model().config.to_dict(), seq_chunk=8)
+    module = CausalLMModule(_model().config.to_dict(), chunk_tokens=16)
     batch = torch.randint(0, VOCAB, (2, 25))
     module._nll(batch)
-    assert calls == [8]
+    assert calls == [16]
     with torch.no_grad():
         module._nll(batch, torch.ones(2, dtype=torch.bool))
-    assert calls == [8]
+    assert calls == [16]
 
 
 def test_module_with_chunks_gives_the_plain_gradients(seed):
     config = _model().config.to_dict()
-    plain, chunked = CausalLMModule(config), CausalLMModule(config, seq_chunk=6)
+    plain, chunked = CausalLMModule(config), CausalLMModule(config, chunk_tokens=6)
     chunked.model.load_state_dict(plain.model.state_dict())
     batch = torch.randint(0, VOCAB, (2, 21))
     grads = []
@@ -121,9 +142,9 @@ def test_module_with_chunks_gives_the_plain_gradients(seed):
 
 
 @pytest.mark.parametrize("value", [0, -4, 2.5, True])
-def test_bad_seq_chunk_is_refused(value):
-    with pytest.raises(ValueError, match="seq_chunk"):
-        CausalLMModule(_model().config.to_dict(), seq_chunk=value)
+def test_bad_chunk_tokens_is_refused(value):
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        CausalLMModule(_model().config.to_dict(), chunk_tokens=value)
 
 
 def test_chunked_nll_needs_a_mamba_lm():

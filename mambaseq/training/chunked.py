@@ -1,4 +1,4 @@
-"""Sequence-chunked training: the exact loss and gradients of a long window in the memory of a short one.
+"""Chunked training: the exact loss and gradients of a batch in the memory of `chunk_tokens` tokens.
 
 A Mamba LM is recurrent: a window of L tokens gives the same outputs as L / c consecutive chunks of
 c tokens when every layer's state (the causal conv's last inputs and the SSM state) is carried
@@ -11,8 +11,12 @@ forward, differentiates it, and hands the gradient of the chunk's initial states
 before (the scan and the conv take gradients through their initial states), so nothing is
 truncated.
 
-Memory: one chunk's activations instead of the whole window's, so the peak no longer grows with L
-beyond the ids and the states. Compute: one more forward, as per-block checkpointing, and kernels
+A batch of many short windows (the early stages of a sequence-length warmup keep the tokens per
+step constant, so L = 1024 comes as 1024 windows at 2^20 tokens per step) is cut the other way: a
+few rows at a time, each group under its own checkpoint, from zero states.
+
+Memory: one chunk's activations instead of the whole batch's, so the peak no longer grows with L
+or the batch beyond the ids and the states. Compute: one more forward, as per-block checkpointing, and kernels
 sized by c rather than L. Per-block checkpointing (`checkpoint_blocks`) steps aside inside a chunk
 (the blocks run with states), and the memory-lean mixer (`fused_inner`) has no state path, so
 chunks run the plain mixer: with c small enough its activations fit anyway.
@@ -46,35 +50,40 @@ def _chunk_nll(model: MambaLM, vocab_size: int, inputs: Tensor, targets: Tensor,
     return (nll, *carried)
 
 
-def chunked_nll(model: MambaLM, inputs: Tensor, targets: Tensor, chunk_len: int, vocab_size: int | None = None,
+def chunked_nll(model: MambaLM, inputs: Tensor, targets: Tensor, chunk_tokens: int, vocab_size: int | None = None,
                 ) -> Tensor:
-    """The summed next-token NLL of `targets` given `inputs`, computed `chunk_len` tokens at a time.
+    """The summed next-token NLL of `targets` given `inputs`, `chunk_tokens` tokens at a time.
 
     inputs, targets: (batch, L) token ids; logits beyond `vocab_size` (the model's padded
-    vocabulary tail) are cut as in plain training. Returns a scalar (fp32) equal to
+    vocabulary tail) are cut as in plain training. Windows of L >= chunk_tokens run one row at a
+    time in chunks of chunk_tokens positions with the states carried; shorter ones run
+    chunk_tokens // L rows at a time. Returns a scalar (fp32) equal to
     `cross_entropy(model(inputs), targets, reduction="sum")` up to rounding, with the same
     gradients, whose autograd graph keeps one chunk's activations at a time (module docstring).
     """
     if not isinstance(model, MambaLM):
-        raise TypeError(f"sequence chunks need a MambaLM, got {type(model).__name__}")
-    if chunk_len < 1:
-        raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+        raise TypeError(f"chunked training needs a MambaLM, got {type(model).__name__}")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     if inputs.shape != targets.shape or inputs.dim() != 2:
         raise ValueError(f"inputs and targets must both be (batch, L), got {tuple(inputs.shape)} and "
                          f"{tuple(targets.shape)}")
     cfg = model.config
     vocab_size = vocab_size or cfg.vocab_size
     batch, length = inputs.shape
-    # fp32 conv states: the conv casts them to its input dtype, and a bf16 value survives the round trip.
-    cache = InferenceCache.empty(cfg.n_layer, batch, cfg.d_inner, cfg.d_conv, cfg.d_state,
-                                 device=inputs.device, dtype=torch.float32)
-    states: list[Tensor] = [t for layer in cache.layers for t in (layer.conv, layer.ssm)]
-    total = None
-    for start in range(0, length, chunk_len):
-        part = slice(start, start + chunk_len)
-        nll, *states = torch.utils.checkpoint.checkpoint(
-            _chunk_nll, model, vocab_size, inputs[:, part], targets[:, part], *states, use_reentrant=False)
-        total = nll if total is None else total + nll
-    if total is None:  # L == 0
-        return inputs.new_zeros((), dtype=torch.float32)
+    rows = max(1, chunk_tokens // max(length, 1))
+    chunk_len = min(length, chunk_tokens)
+    total = inputs.new_zeros((), dtype=torch.float32)
+    for first in range(0, batch, rows):
+        group = slice(first, first + rows)
+        # fp32 conv states: the conv casts them to its input dtype, and a bf16 value survives the round trip.
+        cache = InferenceCache.empty(cfg.n_layer, inputs[group].shape[0], cfg.d_inner, cfg.d_conv, cfg.d_state,
+                                     device=inputs.device, dtype=torch.float32)
+        states: list[Tensor] = [t for layer in cache.layers for t in (layer.conv, layer.ssm)]
+        for start in range(0, length, chunk_len):
+            part = slice(start, start + chunk_len)
+            nll, *states = torch.utils.checkpoint.checkpoint(
+                _chunk_nll, model, vocab_size, inputs[group, part], targets[group, part], *states,
+                use_reentrant=False)
+            total = total + nll
     return total
