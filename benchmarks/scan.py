@@ -283,6 +283,8 @@ def main() -> None:
     parser.add_argument("--overhead", action="store_true")
     parser.add_argument("--host-profile", action="store_true", help="cProfile of short calls (host time)")
     parser.add_argument("--target-warps", type=int, help="override the chunking target (warps per SM)")
+    parser.add_argument("--split-from-l", type=int, help="override SPLIT_FROM_L (shortest L cut into chunks)")
+    parser.add_argument("--max-l", type=int, help="time only the grid rows with L up to this")
     parser.add_argument("--block-d", type=int)
     parser.add_argument("--block-l", type=int)
     parser.add_argument("--num-warps", type=int)
@@ -297,6 +299,10 @@ def main() -> None:
         from mambaseq.kernels import selective_scan_triton as sst
 
         sst.TARGET_WARPS_PER_SM = args.target_warps
+    if args.split_from_l:
+        from mambaseq.kernels import selective_scan_triton as sst
+
+        sst.SPLIT_FROM_L = args.split_from_l
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     if args.breakdown:
         report["breakdown"] = breakdown()
@@ -318,6 +324,8 @@ def main() -> None:
     rows = []
     if not args.skip_grid:
         for row in anchors["rows"]:
+            if args.max_l and row["seqlen"] > args.max_l:
+                continue
             dtype = getattr(torch, row["dtype"])
             err = check_once(row, dtype, **config)
             fwd, both = time_scan(row, dtype, **config)
