@@ -12,28 +12,40 @@ Work split: one program per tile of BLOCK_B batch rows, which loops over the lay
 over four passes on its rows (rows never interact, so no program waits for another):
 
   1. RMSNorm statistics of the residual; in_proj chunk by chunk of channels (the normed rows are
-     recomputed per K chunk from the residual, which is cheaper than a pass and a barrier), then the
-     conv update of those channels (shift the window, dot with the conv weight, bias, SiLU); the
-     conv output x and the gate z go to a scratch buffer.
+     recomputed per K chunk from the residual, which is cheaper than a pass and a barrier), x and
+     the gate z to a scratch buffer; after a barrier, the conv update (shift the window, dot with
+     the conv weight, bias, SiLU), the conv output x to the scratch buffer. The conv is not fused
+     into in_proj's loop because its barrier would stop the prefetch (below) at every chunk.
   2. x_proj over chunks of d_inner into three accumulators, dt (dt_rank), B and C (d_state), stored
      to the scratch rows.
   3. per SUB_B rows and chunk of channels: Δ = softplus(dt @ dt_projᵀ + dt_bias), the SSM state
      update, y = <C, h> + D x, gated by silu(z), into the scratch rows. Its (rows, channels, d_state)
      tiles take a few rows at a time, so they stay small whatever BLOCK_B.
-  4. out_proj over chunks of d_inner, added to the residual, which stays in the output buffer for
-     the next layer.
+  4. out_proj over chunks of d_inner, added to the residual. The residual ping-pongs between two
+     buffers (each layer reads one and writes the other), so this pass has no read-modify-write
+     and no barrier inside its loop; the last layer writes the one returned.
 
 Triton cannot slice a register tile, so a value that a later pass reads by other chunks than it
 was made in goes through global memory (the scratch rows: 3 d_inner + dt_rank + 2 d_state fp32 per
 batch row, allocated per call, L1/L2-resident), with `tl.debug_barrier()` (a CTA barrier, which
 also orders the global accesses of the program's threads) between the pass that writes it and the
 one that reads it. A barrier also sits between the
-loads and stores of every read-modify-write (conv window, SSM state, residual): a tile element may
-be held by several threads, and none may see another's store before its own load.
+loads and stores of every read-modify-write (conv window, SSM state): a tile element may be held by
+several threads, and none may see another's store before its own load.
+
+Prefetch: at small batch a loop over weight tiles is bound by each tile's trip to memory, and with
+num_stages=1 (Triton's pipeliner could move a load across a barrier) nothing overlaps it. So the
+loops of in_proj, x_proj and out_proj load tile j + 1 (masked off past the end) before reducing tile
+j, the loaded tile carried to the next iteration (double buffering by hand); in_proj and out_proj
+are flattened over (output chunk, K chunk) so this runs across output chunks too. No prefetch
+crosses a barrier or reads what its own pass writes: it reads weights, and scratch or residual values
+written before the barrier that opens its loop. Pass 3 is not prefetched (a barrier in each chunk).
 
 Products (in_proj, x_proj, out_proj): with BLOCK_B >= 16, `tl.dot` (fp32 in "ieee" precision, so
 no TF32 rounding; bf16/fp16 on tensor cores, fp32 accumulation); below that (tl.dot needs M, N,
-K >= 16), broadcast products accumulated in a 3-D tile and reduced once per output chunk. dt_proj
+K >= 16), broadcast products reduced once per weight tile; weight tiles are (N, K) as in memory, so
+with one row (the GPU default) a tile is reduced in the layout it is loaded in, with no transpose
+through shared memory (that kept about 3 tiles' worth of registers live: now two fit). dt_proj
 (K = dt_rank) is always a broadcast product. Accumulation is always fp32, and the activations are
 rounded to the model dtype wherever the per-block step rounds them (norm output, projections, conv
 output, y), so bf16 follows the per-block path closely; in fp32 the rounding is the identity and
@@ -60,9 +72,9 @@ from .stack_weights import StackWeights
 BLOCK_B_ENV = "MAMBASEQ_STACK_BLOCK_B"  # rows per program, to tune without code changes
 # Tile sizes, chosen by compiling for sm_90 offline (ptxas -v: registers and spills), not yet by timing.
 # Read through a cache: change them before the first launch (or call _tile_sizes.cache_clear()).
-# Rows x weight-tile elements of one broadcast product: 32 per thread at 4 warps, and two tiles are
-# live (the loops prefetch the next one), which is what 8192 single-buffered used to hold.
-_MATVEC_TILE = 4096
+# Rows x weight-tile elements of one broadcast product (64 per thread at 4 warps); two are live, as the
+# loops prefetch the next tile, which fits without spills since tiles are reduced in their load layout.
+_MATVEC_TILE = 8192
 _STATE_TILE = 2048  # rows x channels x d_state of one SSM-update tile (several are live at once)
 _DOT_TILE = 32  # output channels and K per tl.dot chunk
 _SUB_B = 4  # rows per SSM-update tile (pass 3)
@@ -84,17 +96,22 @@ def _round(x, DT: tl.constexpr):
 
 
 @triton.jit
-def _mm_acc(acc, a, wT, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
-    """acc (BLOCK_B, BLOCK_N) fp32 += a (BLOCK_B, BLOCK_K) @ wT (BLOCK_K, BLOCK_N), a in the weight dtype."""
+def _mm_acc(acc, a, w, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
+    """acc (BLOCK_B, BLOCK_N) fp32 += a (BLOCK_B, BLOCK_K) @ w (BLOCK_N, BLOCK_K)ᵀ, a in the weight dtype."""
     if USE_DOT:
         if DOT_FP32:
-            acc = tl.dot(a.to(tl.float32), wT.to(tl.float32), acc, input_precision="ieee")
+            acc = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, wT, acc, input_precision="ieee")
+            acc = tl.dot(a, tl.trans(w), acc, input_precision="ieee")
+    elif a.shape[0] == 1:
+        # One row (the GPU default): a 2-D product, reduced in the layout the tile is loaded in, so
+        # the tile goes through no layout conversion (a transpose through shared memory, with its
+        # barrier, on every tile); only the row and the result, BLOCK_K and BLOCK_N values, move.
+        acc += tl.sum(w.to(tl.float32) * a.to(tl.float32), axis=1)[None, :]
     else:
         # Reduced at once, so registers hold the weight tile and not a 3-D accumulator: the tile
         # can be large, and a large tile means few dependent trips to memory per layer.
-        acc += tl.sum(a.to(tl.float32)[:, :, None] * wT.to(tl.float32)[None, :, :], axis=1)
+        acc += tl.sum(a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
     return acc
 
 
@@ -110,9 +127,9 @@ def _in_proj_tile(j, in_w, res_rows, norm_w, mask_b, DM: tl.constexpr, DI: tl.co
     mask_k = (offs_k < DM) & (j // NKM * BLOCK_CI < DI)
     r = tl.load(res_rows + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
     g = tl.load(norm_w + offs_k, mask=mask_k, other=0.0)
-    m_w = mask_k[:, None] & (offs_c < DI)[None, :]
-    w_x = tl.load(in_w + offs_c[None, :] * DM + offs_k[:, None], mask=m_w, other=0.0)
-    w_z = tl.load(in_w + (DI + offs_c[None, :]) * DM + offs_k[:, None], mask=m_w, other=0.0)
+    m_w = (offs_c < DI)[:, None] & mask_k[None, :]
+    w_x = tl.load(in_w + offs_c[:, None] * DM + offs_k[None, :], mask=m_w, other=0.0)
+    w_z = tl.load(in_w + (DI + offs_c[:, None]) * DM + offs_k[None, :], mask=m_w, other=0.0)
     return r, g, w_x, w_z
 
 
@@ -125,10 +142,10 @@ def _x_proj_tile(j, xw, scr_x, mask_b, DI: tl.constexpr, R: tl.constexpr, N: tl.
     offs_n = tl.arange(0, N_P)
     mask_k = offs_k < DI
     a = tl.load(scr_x + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
-    w_dt = tl.load(xw + offs_r[None, :] * DI + offs_k[:, None], mask=mask_k[:, None] & (offs_r < R)[None, :], other=0.0)
-    m_w = mask_k[:, None] & (offs_n < N)[None, :]
-    w_B = tl.load(xw + (R + offs_n[None, :]) * DI + offs_k[:, None], mask=m_w, other=0.0)
-    w_C = tl.load(xw + (R + N + offs_n[None, :]) * DI + offs_k[:, None], mask=m_w, other=0.0)
+    w_dt = tl.load(xw + offs_r[:, None] * DI + offs_k[None, :], mask=(offs_r < R)[:, None] & mask_k[None, :], other=0.0)
+    m_w = (offs_n < N)[:, None] & mask_k[None, :]
+    w_B = tl.load(xw + (R + offs_n[:, None]) * DI + offs_k[None, :], mask=m_w, other=0.0)
+    w_C = tl.load(xw + (R + N + offs_n[:, None]) * DI + offs_k[None, :], mask=m_w, other=0.0)
     return a, w_dt, w_B, w_C
 
 
@@ -143,7 +160,7 @@ def _out_proj_tile(j, out_w, scr_y, res_src, mask_b, DM: tl.constexpr, DI: tl.co
     mask_k = (offs_k < DI) & (j // NKI * BLOCK_CO < DM)
     mask_d = offs_d < DM
     a = tl.load(scr_y + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
-    w = tl.load(out_w + offs_d[None, :] * DI + offs_k[:, None], mask=mask_k[:, None] & mask_d[None, :], other=0.0)
+    w = tl.load(out_w + offs_d[:, None] * DI + offs_k[None, :], mask=mask_d[:, None] & mask_k[None, :], other=0.0)
     r = tl.load(res_src + offs_d[None, :], mask=mask_b[:, None] & mask_d[None, :] & (j % NKI == NKI - 1), other=0.0)
     return a, w, r
 
