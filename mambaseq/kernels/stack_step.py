@@ -12,28 +12,40 @@ Work split: one program per tile of BLOCK_B batch rows, which loops over the lay
 over four passes on its rows (rows never interact, so no program waits for another):
 
   1. RMSNorm statistics of the residual; in_proj chunk by chunk of channels (the normed rows are
-     recomputed per K chunk from the residual, which is cheaper than a pass and a barrier), then the
-     conv update of those channels (shift the window, dot with the conv weight, bias, SiLU); the
-     conv output x and the gate z go to a scratch buffer.
+     recomputed per K chunk from the residual, which is cheaper than a pass and a barrier), x and
+     the gate z to a scratch buffer; after a barrier, the conv update (shift the window, dot with
+     the conv weight, bias, SiLU), the conv output x to the scratch buffer. The conv is not fused
+     into in_proj's loop because its barrier would stop the prefetch (below) at every chunk.
   2. x_proj over chunks of d_inner into three accumulators, dt (dt_rank), B and C (d_state), stored
      to the scratch rows.
   3. per SUB_B rows and chunk of channels: Δ = softplus(dt @ dt_projᵀ + dt_bias), the SSM state
      update, y = <C, h> + D x, gated by silu(z), into the scratch rows. Its (rows, channels, d_state)
      tiles take a few rows at a time, so they stay small whatever BLOCK_B.
-  4. out_proj over chunks of d_inner, added to the residual, which stays in the output buffer for
-     the next layer.
+  4. out_proj over chunks of d_inner, added to the residual. The residual ping-pongs between two
+     buffers (each layer reads one and writes the other), so this pass has no read-modify-write
+     and no barrier inside its loop; the last layer writes the one returned.
 
 Triton cannot slice a register tile, so a value that a later pass reads by other chunks than it
 was made in goes through global memory (the scratch rows: 3 d_inner + dt_rank + 2 d_state fp32 per
 batch row, allocated per call, L1/L2-resident), with `tl.debug_barrier()` (a CTA barrier, which
 also orders the global accesses of the program's threads) between the pass that writes it and the
 one that reads it. A barrier also sits between the
-loads and stores of every read-modify-write (conv window, SSM state, residual): a tile element may
-be held by several threads, and none may see another's store before its own load.
+loads and stores of every read-modify-write (conv window, SSM state): a tile element may be held by
+several threads, and none may see another's store before its own load.
+
+Prefetch: at small batch a loop over weight tiles is bound by each tile's trip to memory, and with
+num_stages=1 (Triton's pipeliner could move a load across a barrier) nothing overlaps it. So the
+loops of in_proj, x_proj and out_proj load tile j + 1 (masked off past the end) before reducing tile
+j, the loaded tile carried to the next iteration (double buffering by hand); in_proj and out_proj
+are flattened over (output chunk, K chunk) so this runs across output chunks too. No prefetch
+crosses a barrier or reads what its own pass writes: it reads weights, and scratch or residual values
+written before the barrier that opens its loop. Pass 3 is not prefetched (a barrier in each chunk).
 
 Products (in_proj, x_proj, out_proj): with BLOCK_B >= 16, `tl.dot` (fp32 in "ieee" precision, so
 no TF32 rounding; bf16/fp16 on tensor cores, fp32 accumulation); below that (tl.dot needs M, N,
-K >= 16), broadcast products accumulated in a 3-D tile and reduced once per output chunk. dt_proj
+K >= 16), broadcast products reduced once per weight tile; weight tiles are (N, K) as in memory, so
+with one row (the GPU default) a tile is reduced in the layout it is loaded in, with no transpose
+through shared memory (that kept about 3 tiles' worth of registers live: now two fit). dt_proj
 (K = dt_rank) is always a broadcast product. Accumulation is always fp32, and the activations are
 rounded to the model dtype wherever the per-block step rounds them (norm output, projections, conv
 output, y), so bf16 follows the per-block path closely; in fp32 the rounding is the identity and
@@ -60,7 +72,9 @@ from .stack_weights import StackWeights
 BLOCK_B_ENV = "MAMBASEQ_STACK_BLOCK_B"  # rows per program, to tune without code changes
 # Tile sizes, chosen by compiling for sm_90 offline (ptxas -v: registers and spills), not yet by timing.
 # Read through a cache: change them before the first launch (or call _tile_sizes.cache_clear()).
-_MATVEC_TILE = 8192  # rows x weight-tile elements of one broadcast product (32 per thread at 8 warps)
+# Rows x weight-tile elements of one broadcast product (64 per thread at 4 warps); two are live, as the
+# loops prefetch the next tile, which fits without spills since tiles are reduced in their load layout.
+_MATVEC_TILE = 8192
 _STATE_TILE = 2048  # rows x channels x d_state of one SSM-update tile (several are live at once)
 _DOT_TILE = 32  # output channels and K per tl.dot chunk
 _SUB_B = 4  # rows per SSM-update tile (pass 3)
@@ -82,18 +96,73 @@ def _round(x, DT: tl.constexpr):
 
 
 @triton.jit
-def _mm_acc(acc, a, wT, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
-    """acc (BLOCK_B, BLOCK_N) fp32 += a (BLOCK_B, BLOCK_K) @ wT (BLOCK_K, BLOCK_N), a in the weight dtype."""
+def _mm_acc(acc, a, w, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
+    """acc (BLOCK_B, BLOCK_N) fp32 += a (BLOCK_B, BLOCK_K) @ w (BLOCK_N, BLOCK_K)ᵀ, a in the weight dtype."""
     if USE_DOT:
         if DOT_FP32:
-            acc = tl.dot(a.to(tl.float32), wT.to(tl.float32), acc, input_precision="ieee")
+            acc = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, wT, acc, input_precision="ieee")
+            acc = tl.dot(a, tl.trans(w), acc, input_precision="ieee")
+    elif a.shape[0] == 1:
+        # One row (the GPU default): a 2-D product, reduced in the layout the tile is loaded in, so
+        # the tile goes through no layout conversion (a transpose through shared memory, with its
+        # barrier, on every tile); only the row and the result, BLOCK_K and BLOCK_N values, move.
+        acc += tl.sum(w.to(tl.float32) * a.to(tl.float32), axis=1)[None, :]
     else:
         # Reduced at once, so registers hold the weight tile and not a 3-D accumulator: the tile
         # can be large, and a large tile means few dependent trips to memory per layer.
-        acc += tl.sum(a.to(tl.float32)[:, :, None] * wT.to(tl.float32)[None, :, :], axis=1)
+        acc += tl.sum(a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
     return acc
+
+
+@triton.jit
+def _in_proj_tile(j, in_w, res_rows, norm_w, mask_b, DM: tl.constexpr, DI: tl.constexpr, BLOCK_KM: tl.constexpr,
+                  BLOCK_CI: tl.constexpr):
+    """Loads of in_proj's tile j (chunk j // NKM of channels, chunk j % NKM of d_model): the residual
+    chunk, its norm weight and both weight tiles. Past the last tile every mask is off (the channel
+    offsets pass DI), so a prefetch there reads nothing."""
+    NKM: tl.constexpr = (DM + BLOCK_KM - 1) // BLOCK_KM
+    offs_k = (j % NKM) * BLOCK_KM + tl.arange(0, BLOCK_KM)
+    offs_c = (j // NKM) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    mask_k = (offs_k < DM) & (j // NKM * BLOCK_CI < DI)
+    r = tl.load(res_rows + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+    g = tl.load(norm_w + offs_k, mask=mask_k, other=0.0)
+    m_w = (offs_c < DI)[:, None] & mask_k[None, :]
+    w_x = tl.load(in_w + offs_c[:, None] * DM + offs_k[None, :], mask=m_w, other=0.0)
+    w_z = tl.load(in_w + (DI + offs_c[:, None]) * DM + offs_k[None, :], mask=m_w, other=0.0)
+    return r, g, w_x, w_z
+
+
+@triton.jit
+def _x_proj_tile(j, xw, scr_x, mask_b, DI: tl.constexpr, R: tl.constexpr, N: tl.constexpr, BLOCK_KI: tl.constexpr,
+                 R_P: tl.constexpr, N_P: tl.constexpr):
+    """Loads of x_proj's tile j (chunk j of d_inner): the conv output and the dt, B and C weight tiles."""
+    offs_k = j * BLOCK_KI + tl.arange(0, BLOCK_KI)
+    offs_r = tl.arange(0, R_P)
+    offs_n = tl.arange(0, N_P)
+    mask_k = offs_k < DI
+    a = tl.load(scr_x + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+    w_dt = tl.load(xw + offs_r[:, None] * DI + offs_k[None, :], mask=(offs_r < R)[:, None] & mask_k[None, :], other=0.0)
+    m_w = (offs_n < N)[:, None] & mask_k[None, :]
+    w_B = tl.load(xw + (R + offs_n[:, None]) * DI + offs_k[None, :], mask=m_w, other=0.0)
+    w_C = tl.load(xw + (R + N + offs_n[:, None]) * DI + offs_k[None, :], mask=m_w, other=0.0)
+    return a, w_dt, w_B, w_C
+
+
+@triton.jit
+def _out_proj_tile(j, out_w, scr_y, res_src, mask_b, DM: tl.constexpr, DI: tl.constexpr, BLOCK_KI: tl.constexpr,
+                   BLOCK_CO: tl.constexpr):
+    """Loads of out_proj's tile j (chunk j // NKI of outputs, chunk j % NKI of d_inner): y, the weight
+    tile and, with the last K chunk only, the residual it is added to."""
+    NKI: tl.constexpr = (DI + BLOCK_KI - 1) // BLOCK_KI
+    offs_k = (j % NKI) * BLOCK_KI + tl.arange(0, BLOCK_KI)
+    offs_d = (j // NKI) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    mask_k = (offs_k < DI) & (j // NKI * BLOCK_CO < DM)
+    mask_d = offs_d < DM
+    a = tl.load(scr_y + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+    w = tl.load(out_w + offs_d[:, None] * DI + offs_k[None, :], mask=mask_d[:, None] & mask_k[None, :], other=0.0)
+    r = tl.load(res_src + offs_d[None, :], mask=mask_b[:, None] & mask_d[None, :] & (j % NKI == NKI - 1), other=0.0)
+    return a, w, r
 
 
 @triton.jit
@@ -105,18 +174,17 @@ def _stack_step_kernel(
     N_LAYER: tl.constexpr, DM: tl.constexpr, DI: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
     K: tl.constexpr, SELECTIVE: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
     HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_KM: tl.constexpr, BLOCK_KI: tl.constexpr,
-    BLOCK_CI: tl.constexpr, BLOCK_CS: tl.constexpr, BLOCK_CO: tl.constexpr, R_P: tl.constexpr,
-    N_P: tl.constexpr, KM1_P: tl.constexpr, SUB_B: tl.constexpr, RQ_P: tl.constexpr, USE_DOT: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    BLOCK_CI: tl.constexpr, BLOCK_CV: tl.constexpr, BLOCK_CS: tl.constexpr, BLOCK_CO: tl.constexpr,
+    R_P: tl.constexpr, N_P: tl.constexpr, KM1_P: tl.constexpr, SUB_B: tl.constexpr, RQ_P: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     WT = in_w_ptr.dtype.element_ty  # the model dtype
     RT = res_ptr.dtype.element_ty  # the residual stream's dtype
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = rows < batch
     rows = rows.to(tl.int64)
-    res_rows = res_ptr + rows[:, None] * DM
-    # Per row: x after the conv, z, y (d_inner each), then dt (low rank), B, C; fp32 holding values
-    # already rounded to WT.
+    # Per row: x after the conv, z, y (d_inner each; y's slot holds x before the conv until pass 3),
+    # then dt (low rank), B, C; fp32 holding values already rounded to WT.
     scr_x = scratch_ptr + rows[:, None] * (3 * DI + R + 2 * N)
     scr_z = scr_x + DI
     scr_y = scr_x + 2 * DI
@@ -126,18 +194,32 @@ def _stack_step_kernel(
     offs_j = tl.arange(0, KM1_P)  # conv window slots held in the state
     mask_n = offs_n < N
     mask_j = offs_j < K - 1
+    NKM: tl.constexpr = (DM + BLOCK_KM - 1) // BLOCK_KM
+    NKI: tl.constexpr = (DI + BLOCK_KI - 1) // BLOCK_KI
+    N_IN: tl.constexpr = (DI + BLOCK_CI - 1) // BLOCK_CI * NKM  # in_proj tiles
+    N_OUT: tl.constexpr = (DM + BLOCK_CO - 1) // BLOCK_CO * NKI  # out_proj tiles
 
+    # The residual ping-pongs between two buffers (res_ptr: (2, batch, DM)): layer l reads one and
+    # writes the other, so pass 4 needs no barrier between its loads and stores of the residual and
+    # its tiles can be prefetched across output chunks; the last layer writes buffer 0.
+    res_rows = res_ptr + ((N_LAYER % 2) * batch + rows[:, None]) * DM
     for d0 in range(0, DM, BLOCK_CO):
         offs_d = d0 + tl.arange(0, BLOCK_CO)
         m = mask_b[:, None] & (offs_d[None, :] < DM)
-        r = tl.load(res_in_ptr + rows[:, None] * s_res_in + offs_d[None, :], mask=m, other=0.0)
-        tl.store(res_rows + offs_d[None, :], r.to(RT), mask=m)
+        r_in = tl.load(res_in_ptr + rows[:, None] * s_res_in + offs_d[None, :], mask=m, other=0.0)
+        tl.store(res_rows + offs_d[None, :], r_in.to(RT), mask=m)
     tl.debug_barrier()
 
+    # Software prefetch: the weight loops load tile j + 1 before reducing tile j, so that load's
+    # latency overlaps the reduction (num_stages=1, so Triton's pipeliner does not, and it could move
+    # loads across barriers). A prefetch stays within its loop: it reads weights, or scratch and
+    # residual values written before the barrier that opens the loop, never anything the same pass writes.
     for l in range(N_LAYER):
         state_rows = l * batch + rows  # (n_layer, batch) flattened, int64
+        res_rows = res_ptr + (((N_LAYER - l) % 2) * batch + rows[:, None]) * DM
+        res_dst = res_ptr + (((N_LAYER - 1 - l) % 2) * batch + rows[:, None]) * DM
 
-        # ---- pass 1: RMSNorm, in_proj, conv update ----
+        # ---- pass 1a: RMSNorm, in_proj; x before the conv to y's slot, z to its own ----
         sum_sq = tl.zeros([BLOCK_B], dtype=tl.float32)
         for k0 in range(0, DM, BLOCK_KM):
             offs_k = k0 + tl.arange(0, BLOCK_KM)
@@ -146,32 +228,40 @@ def _stack_step_kernel(
             sum_sq += tl.sum(r * r, axis=1)
         rstd = tl.rsqrt(sum_sq / DM + eps)
         in_w = in_w_ptr + l * (2 * DI * DM)
-        for c0 in range(0, DI, BLOCK_CI):
-            offs_c = c0 + tl.arange(0, BLOCK_CI)
-            mask_c = offs_c < DI
-            acc_x = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
-            acc_z = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
-            for k0 in range(0, DM, BLOCK_KM):
-                offs_k = k0 + tl.arange(0, BLOCK_KM)
-                mask_k = offs_k < DM
-                r = tl.load(res_rows + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0)
-                g = tl.load(norm_w_ptr + l * DM + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-                normed = _round(_round(r.to(tl.float32), WT) * rstd[:, None] * g[None, :], WT).to(WT)
-                m_w = mask_k[:, None] & mask_c[None, :]
-                w_x = tl.load(in_w + offs_c[None, :] * DM + offs_k[:, None], mask=m_w, other=0.0)
-                w_z = tl.load(in_w + (DI + offs_c[None, :]) * DM + offs_k[:, None], mask=m_w, other=0.0)
-                acc_x = _mm_acc(acc_x, normed, w_x, USE_DOT, DOT_FP32)
-                acc_z = _mm_acc(acc_z, normed, w_z, USE_DOT, DOT_FP32)
-            x = acc_x
-            z = acc_z
-            if HAS_IN_BIAS:
-                x += tl.load(in_b_ptr + l * 2 * DI + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-                z += tl.load(in_b_ptr + l * 2 * DI + DI + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-            x = _round(x, WT)
-            z = _round(z, WT)
+        norm_w = norm_w_ptr + l * DM
+        # The normed rows are recomputed per tile from the residual: cheaper than a pass and a barrier.
+        r_t, g_t, w_x, w_z = _in_proj_tile(0, in_w, res_rows, norm_w, mask_b, DM, DI, BLOCK_KM, BLOCK_CI)
+        acc_x = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
+        acc_z = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
+        for j in range(N_IN):
+            r_n, g_n, w_x_n, w_z_n = _in_proj_tile(j + 1, in_w, res_rows, norm_w, mask_b, DM, DI, BLOCK_KM, BLOCK_CI)
+            normed = _round(_round(r_t.to(tl.float32), WT) * rstd[:, None] * g_t.to(tl.float32)[None, :], WT).to(WT)
+            acc_x = _mm_acc(acc_x, normed, w_x, USE_DOT, DOT_FP32)
+            acc_z = _mm_acc(acc_z, normed, w_z, USE_DOT, DOT_FP32)
+            if j % NKM == NKM - 1:
+                offs_c = (j // NKM) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+                mask_c = offs_c < DI
+                if HAS_IN_BIAS:
+                    acc_x += tl.load(in_b_ptr + l * 2 * DI + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+                    acc_z += tl.load(in_b_ptr + l * 2 * DI + DI + offs_c, mask=mask_c,
+                                     other=0.0).to(tl.float32)[None, :]
+                m2 = mask_b[:, None] & mask_c[None, :]
+                tl.store(scr_y + offs_c[None, :], _round(acc_x, WT), mask=m2)
+                tl.store(scr_z + offs_c[None, :], _round(acc_z, WT), mask=m2)
+                acc_x = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
+                acc_z = tl.zeros([BLOCK_B, BLOCK_CI], dtype=tl.float32)
+            r_t, g_t, w_x, w_z = r_n, g_n, w_x_n, w_z_n
+        # The conv runs after in_proj, not per channel chunk inside it: its barrier would otherwise sit
+        # in in_proj's loop and cut off the prefetch of the next chunk's weights.
+        tl.debug_barrier()
 
+        # ---- pass 1b: conv update (shift the window, dot with the conv weight, bias, SiLU) ----
+        for c0 in range(0, DI, BLOCK_CV):
+            offs_c = c0 + tl.arange(0, BLOCK_CV)
+            mask_c = offs_c < DI
             m2 = mask_b[:, None] & mask_c[None, :]
             m3 = m2[:, :, None] & mask_j[None, None, :]
+            x = tl.load(scr_y + offs_c[None, :], mask=m2, other=0.0)
             window = conv_state_ptr + ((state_rows[:, None] * DI + offs_c[None, :]) * (K - 1))[:, :, None] \
                 + offs_j[None, None, :]
             older = tl.load(window, mask=m3, other=0.0).to(tl.float32)  # slots 0 .. K-2
@@ -189,7 +279,6 @@ def _stack_step_kernel(
             ST = conv_state_ptr.dtype.element_ty
             tl.store(window, _round(shifted, ST).to(ST), mask=m3)
             tl.store(scr_x + offs_c[None, :], x_conv, mask=m2)
-            tl.store(scr_z + offs_c[None, :], z, mask=m2)
         tl.debug_barrier()
 
         # ---- pass 2: x_proj -> dt (low rank), B, C, to the scratch rows ----
@@ -198,18 +287,13 @@ def _stack_step_kernel(
             acc_dt = tl.zeros([BLOCK_B, R_P], dtype=tl.float32)
             acc_B = tl.zeros([BLOCK_B, N_P], dtype=tl.float32)
             acc_C = tl.zeros([BLOCK_B, N_P], dtype=tl.float32)
-            for k0 in range(0, DI, BLOCK_KI):
-                offs_k = k0 + tl.arange(0, BLOCK_KI)
-                mask_k = offs_k < DI
-                a = tl.load(scr_x + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0).to(WT)
-                w_dt = tl.load(xw + offs_r[None, :] * DI + offs_k[:, None],
-                               mask=mask_k[:, None] & (offs_r < R)[None, :], other=0.0)
-                m_w = mask_k[:, None] & mask_n[None, :]
-                w_B = tl.load(xw + (R + offs_n[None, :]) * DI + offs_k[:, None], mask=m_w, other=0.0)
-                w_C = tl.load(xw + (R + N + offs_n[None, :]) * DI + offs_k[:, None], mask=m_w, other=0.0)
-                acc_dt = _mm_acc(acc_dt, a, w_dt, USE_DOT, DOT_FP32)
-                acc_B = _mm_acc(acc_B, a, w_B, USE_DOT, DOT_FP32)
-                acc_C = _mm_acc(acc_C, a, w_C, USE_DOT, DOT_FP32)
+            a_x, wx_dt, wx_B, wx_C = _x_proj_tile(0, xw, scr_x, mask_b, DI, R, N, BLOCK_KI, R_P, N_P)
+            for j in range(NKI):
+                a_n, wx_dt_n, wx_B_n, wx_C_n = _x_proj_tile(j + 1, xw, scr_x, mask_b, DI, R, N, BLOCK_KI, R_P, N_P)
+                acc_dt = _mm_acc(acc_dt, a_x.to(WT), wx_dt, USE_DOT, DOT_FP32)
+                acc_B = _mm_acc(acc_B, a_x.to(WT), wx_B, USE_DOT, DOT_FP32)
+                acc_C = _mm_acc(acc_C, a_x.to(WT), wx_C, USE_DOT, DOT_FP32)
+                a_x, wx_dt, wx_B, wx_C = a_n, wx_dt_n, wx_B_n, wx_C_n
             m_n = mask_b[:, None] & mask_n[None, :]
             tl.store(scr_dt + offs_r[None, :], _round(acc_dt, WT),
                      mask=mask_b[:, None] & (offs_r < R)[None, :])
@@ -219,7 +303,8 @@ def _stack_step_kernel(
 
         # ---- pass 3: Δ, SSM state update, y = <C, h> + D x, gate; SUB_B rows at a time ----
         # Elementwise but for dt_proj (K = dt_rank, small): broadcast products, whatever BLOCK_B, so
-        # the (rows, channels, d_state) tiles stay small at any batch tile.
+        # the (rows, channels, d_state) tiles stay small at any batch tile. Not prefetched: each chunk
+        # has a barrier (the state's read-modify-write); all its loads are issued before that barrier.
         offs_q = tl.arange(0, RQ_P)
         mask_q = offs_q < R
         for b0 in range(0, BLOCK_B, SUB_B):
@@ -242,6 +327,7 @@ def _stack_step_kernel(
                 x = tl.load(scr_s + offs_c[None, :], mask=m2, other=0.0)
                 z = tl.load(scr_s + DI + offs_c[None, :], mask=m2, other=0.0)
                 dt = tl.load(dt_bias_ptr + l * DI + offs_c, mask=mask_c, other=0.0)[None, :]
+                D = tl.load(D_ptr + l * DI + offs_c, mask=mask_c, other=0.0)[None, :]
                 if SELECTIVE:
                     w_dt = tl.load(dt_proj_w_ptr + (l * DI + offs_c[None, :]) * R + offs_q[:, None],
                                    mask=mask_q[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
@@ -258,33 +344,28 @@ def _stack_step_kernel(
                 tl.debug_barrier()  # read before any thread writes it back
                 h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * B3
                 tl.store(h_ptrs, h, mask=m3)
-                y = tl.sum(h * C3, axis=2)
-                y += tl.load(D_ptr + l * DI + offs_c, mask=mask_c, other=0.0)[None, :] * x
+                y = tl.sum(h * C3, axis=2) + D * x
                 y = _round(y * z * tl.sigmoid(z), WT)
                 tl.store(scr_s + 2 * DI + offs_c[None, :], y, mask=m2)
         tl.debug_barrier()
 
-        # ---- pass 4: out_proj, residual add ----
+        # ---- pass 4: out_proj, residual add (into the other residual buffer) ----
         out_w = out_w_ptr + l * (DM * DI)
-        for d0 in range(0, DM, BLOCK_CO):
-            offs_d = d0 + tl.arange(0, BLOCK_CO)
-            mask_d = offs_d < DM
-            acc = tl.zeros([BLOCK_B, BLOCK_CO], dtype=tl.float32)
-            for k0 in range(0, DI, BLOCK_KI):
-                offs_k = k0 + tl.arange(0, BLOCK_KI)
-                mask_k = offs_k < DI
-                a = tl.load(scr_y + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0).to(WT)
-                w = tl.load(out_w + offs_d[None, :] * DI + offs_k[:, None], mask=mask_k[:, None] & mask_d[None, :],
-                            other=0.0)
-                acc = _mm_acc(acc, a, w, USE_DOT, DOT_FP32)
-            out = acc
-            if HAS_OUT_BIAS:
-                out += tl.load(out_b_ptr + l * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-            out = _round(out, WT)
-            m = mask_b[:, None] & mask_d[None, :]
-            r = tl.load(res_rows + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-            tl.debug_barrier()  # read before any thread writes it back
-            tl.store(res_rows + offs_d[None, :], _round(r + out, RT).to(RT), mask=m)
+        a_o, w_o, r_o = _out_proj_tile(0, out_w, scr_y, res_rows, mask_b, DM, DI, BLOCK_KI, BLOCK_CO)
+        acc = tl.zeros([BLOCK_B, BLOCK_CO], dtype=tl.float32)
+        for j in range(N_OUT):
+            a_n, w_n, r_n = _out_proj_tile(j + 1, out_w, scr_y, res_rows, mask_b, DM, DI, BLOCK_KI, BLOCK_CO)
+            acc = _mm_acc(acc, a_o.to(WT), w_o, USE_DOT, DOT_FP32)
+            if j % NKI == NKI - 1:
+                offs_d = (j // NKI) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+                mask_d = offs_d < DM
+                if HAS_OUT_BIAS:
+                    acc += tl.load(out_b_ptr + l * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+                out = _round(acc, WT)
+                tl.store(res_dst + offs_d[None, :], _round(r_o.to(tl.float32) + out, RT).to(RT),
+                         mask=mask_b[:, None] & mask_d[None, :])
+                acc = tl.zeros([BLOCK_B, BLOCK_CO], dtype=tl.float32)
+            a_o, w_o, r_o = a_n, w_n, r_n
         tl.debug_barrier()
 
 
@@ -340,8 +421,10 @@ def _tile_sizes(d_model: int, d_inner: int, dt_rank: int, d_state: int, d_conv: 
         block_co = _fit(budget // block_ki, dm)
     sub_b = min(block_b, _SUB_B)
     block_cs = _fit(_STATE_TILE // (sub_b * max(n_p, rq_p)), di)
-    return dict(BLOCK_B=block_b, BLOCK_KM=block_km, BLOCK_KI=block_ki, BLOCK_CI=block_ci, BLOCK_CS=block_cs,
-                BLOCK_CO=block_co, R_P=r_p, N_P=n_p, KM1_P=_pow2(d_conv - 1), SUB_B=sub_b, RQ_P=rq_p,
+    km1_p = _pow2(d_conv - 1)
+    block_cv = _fit(_STATE_TILE // (block_b * km1_p), di)
+    return dict(BLOCK_B=block_b, BLOCK_KM=block_km, BLOCK_KI=block_ki, BLOCK_CI=block_ci, BLOCK_CV=block_cv,
+                BLOCK_CS=block_cs, BLOCK_CO=block_co, R_P=r_p, N_P=n_p, KM1_P=km1_p, SUB_B=sub_b, RQ_P=rq_p,
                 USE_DOT=use_dot,
                 # Triton's interpreter multiplies the raw bits of bf16 operands in tl.dot: there, and
                 # only there, they are widened to fp32 first (exact products, fp32 sums as on GPU).
@@ -373,19 +456,20 @@ def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor
                          f"got {tuple(ssm_state.shape)} {ssm_state.dtype}")
     if residual.stride(1) != 1:
         residual = residual.contiguous()
-    out = torch.empty(batch, w.d_model, device=residual.device, dtype=residual.dtype)
     if n == 0 or batch == 0:
-        return out.copy_(residual)
+        return residual.clone(memory_format=torch.contiguous_format)
     block_b = block_b or _block_b(batch, residual.device)
     if block_b < 1 or block_b & (block_b - 1):
         raise ValueError(f"block_b must be a power of two, got {block_b}")
     # Fresh per call: the caching allocator makes it cheap, and under CUDA-graph capture it is
     # allocated from the graph's pool at a fixed address, as every other intermediate.
     scratch = torch.empty(batch, _scratch_cols(w), device=residual.device, dtype=torch.float32)
+    # The residual's two buffers (the kernel's comments say why); the last layer writes the first.
+    out = torch.empty(2, batch, w.d_model, device=residual.device, dtype=residual.dtype)
     args, constexprs = _arguments(residual, out, conv_state, ssm_state, scratch, w, batch, block_b)
     # No software pipelining (num_stages=1): a prefetch must never move a load across a barrier.
     _stack_step_kernel[(triton.cdiv(batch, block_b),)](*args, **constexprs, num_warps=num_warps, num_stages=1)
-    return out
+    return out[0]
 
 
 def _scratch_cols(w: StackWeights) -> int:

@@ -160,31 +160,47 @@ from mambaseq.kernels.stack_step import compile_offline
 for shape in {shapes!r}:
     d_model, n_layer, d_conv, d_state, selective, bias, dtype, block_b = shape
     w = random_weights(n_layer, d_model, d_state, d_conv, selective, bias, getattr(torch, dtype))
-    result = compile_offline(w, 37, block_b)
+    result = compile_offline(w, {batch}, block_b, num_warps={num_warps})
     assert result["registers"], result
     print("compiled", shape, result["registers"], result["spill_bytes"])
 """
 
 
-def test_compiles_for_hopper_without_a_gpu(tmp_path):
-    """What the interpreter does not check (power-of-two tiles, tl.dot shapes, types the GPU
-    lowering accepts): the real compiler, for sm_90, in a process without TRITON_INTERPRET."""
+def compile_for_hopper(tmp_path, shapes, num_warps=8, batch=37):
+    """[(registers, spill bytes)] per shape, from the real compiler for sm_90, in a process without
+    TRITON_INTERPRET."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     pytest.importorskip("triton.backends.nvidia.compiler")
-    shapes = [(24, 2, 4, 16, True, True, "float32", 1), (24, 1, 2, 4, False, False, "bfloat16", 16),
-              (64, 2, 3, 16, True, False, "bfloat16", 2), (128, 1, 4, 16, True, True, "float32", 32)]
     tests = str(Path(__file__).parent)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1",
                PYTHONPATH=os.pathsep.join([str(Path(tests).parents[1]), str(Path(tests).parent), tests]))
-    run = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT.format(tests=tests, shapes=shapes)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    script = COMPILE_SCRIPT.format(tests=tests, shapes=shapes, num_warps=num_warps, batch=batch)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("compiled") == len(shapes)
+    lines = [line.split() for line in run.stdout.splitlines() if line.startswith("compiled")]
+    assert len(lines) == len(shapes), run.stdout
+    return [(int(line[-2]), int(line[-1])) for line in lines]
+
+
+def test_compiles_for_hopper_without_a_gpu(tmp_path):
+    """What the interpreter does not check (power-of-two tiles, tl.dot shapes, types the GPU
+    lowering accepts)."""
+    compile_for_hopper(tmp_path, [(24, 2, 4, 16, True, True, "float32", 1), (24, 1, 2, 4, False, False, "bfloat16", 16),
+                                  (64, 2, 3, 16, True, False, "bfloat16", 2),
+                                  (128, 1, 4, 16, True, True, "float32", 32)])
+
+
+def test_double_buffered_weight_tiles_do_not_spill(tmp_path):
+    # The GPU default (one row per program, 4 warps) at the widest sc09 stack: the prefetched tile
+    # doubles the weight registers, which must still fit (a spill is a trip to memory per tile).
+    shapes = [(256, 2, 4, 16, True, True, "float32", 1), (256, 2, 4, 16, True, True, "bfloat16", 1)]
+    for shape, (registers, spill_bytes) in zip(shapes, compile_for_hopper(tmp_path, shapes, 4, 256), strict=True):
+        assert spill_bytes == 0, (shape, registers, spill_bytes)
 
 
 @pytest.mark.parametrize("block_b", [1, 2, 4, 8, 16, 32])
