@@ -432,16 +432,16 @@ def _tile_sizes(d_model: int, d_inner: int, dt_rank: int, d_state: int, d_conv: 
 
 
 def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor, ssm_state: Tensor,
-                     *, block_b: int | None = None, num_warps: int = 4) -> Tensor:
+                     *, block_b: int | None = None, num_warps: int | None = None) -> Tensor:
     """One position through a stack of Mamba blocks in one Triton launch; same contract as
     `reference.mamba_stack_step_ref`.
 
     residual: (batch, d_model); conv_state: (n_layer, batch, d_inner, d_conv - 1) and ssm_state:
     (n_layer, batch, d_inner, d_state) fp32, contiguous, updated in place. Returns the new
     residual (batch, d_model) in residual.dtype. `block_b` (rows per program, a power of two; >= 16
-    uses tl.dot) defaults to MAMBASEQ_STACK_BLOCK_B or a heuristic; 4 warps measured fastest on the
-    H100 at batch 256 for every sc09 stack and within 5% of 8 at batch 1. No host synchronisation and
-    only per-call allocations from the caching allocator: capturable in a CUDA graph.
+    uses tl.dot) defaults to MAMBASEQ_STACK_BLOCK_B or a heuristic, `num_warps` to `_num_warps`.
+    No host synchronisation and only per-call allocations from the caching allocator: capturable in
+    a CUDA graph.
     """
     w = weights
     n, batch = w.n_layer, residual.shape[0]
@@ -468,8 +468,18 @@ def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor
     out = torch.empty(2, batch, w.d_model, device=residual.device, dtype=residual.dtype)
     args, constexprs = _arguments(residual, out, conv_state, ssm_state, scratch, w, batch, block_b)
     # No software pipelining (num_stages=1): a prefetch must never move a load across a barrier.
-    _stack_step_kernel[(triton.cdiv(batch, block_b),)](*args, **constexprs, num_warps=num_warps, num_stages=1)
+    programs = triton.cdiv(batch, block_b)
+    num_warps = num_warps or _num_warps(programs, residual.device)
+    _stack_step_kernel[(programs,)](*args, **constexprs, num_warps=num_warps, num_stages=1)
     return out[0]
+
+
+def _num_warps(programs: int, device: torch.device) -> int:
+    """8 warps while every program has an SM to itself, else 4. From the H100 sweep of the
+    prefetching kernel (2026-11-23, RESULTS.md): at batch 1, 8 warps ran the d128 / d256 stacks
+    1.09x / 1.17x faster than 4 (d64 the same); at batch 256, where programs share SMs, 4 warps ran
+    d64 / d256 1.66x / 1.48x faster than 8 (d128 within 5%)."""
+    return 8 if programs <= sm_count(device) else 4
 
 
 def _scratch_cols(w: StackWeights) -> int:

@@ -9,9 +9,10 @@ whole stack of blocks in one `mamba_stack_step` call (one Triton launch on CUDA)
 - `MAMBASEQ_STACK_STEP` is `1` / `on`, or unset for a model that asks for it by default
   (`fused_by_default`) and a stack no wider than `FUSED_MAX_D_MODEL`: SashimiLM asks, MambaLM does
   not. One program per batch row runs a whole stack on one SM, so a narrow stack gains and a wide
-  one loses: on the H100 (2026-11-23, `benchmarks/stack_step_speed.py`) 8 blocks of d_model 64 ran
-  2.9x / 5.3x faster fused than block by block at batch 1 / 256, d_model 128 1.0x / 1.6x, d_model 256
-  0.35x / 0.62x (RESULTS.md). `0` / `off` forces the per-block step; `1` / `on` fuses every stack.
+  one loses: on the H100 (2026-11-23, `benchmarks/stack_step_speed.py`, prefetching kernel) 8 blocks
+  of d_model 64 ran 4.1x / 7.5x faster fused than block by block at batch 1 / 256, d_model 128
+  1.5x / 2.4x, d_model 256 0.47x / 0.83x (RESULTS.md). `0` / `off` forces the per-block step;
+  `1` / `on` fuses every stack.
 
 The packed weights (stacked copies, so one more copy of the blocks' weights in memory) are built
 once per stack and kept in a weak map keyed by the stack's ModuleList, together with the
