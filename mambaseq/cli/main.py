@@ -324,6 +324,9 @@ def train_audio_command(
     model: str = typer.Option(None, "--model", help="Model preset (sashimi-tiny, sashimi-sc09, or a Mamba preset "
                               "such as sc09-6m)."),
     seed: int = typer.Option(None, "--seed", help="Seed of model init and window sampling."),
+    chunk_tokens: int = typer.Option(None, "--chunk-tokens", help="Train at most this many samples at a time: long "
+                                     "windows in pieces with the states carried (exact gradients, one piece's "
+                                     "memory)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
     devices: str = _devices_option(),
     num_nodes: int = _num_nodes_option(),
@@ -341,8 +344,8 @@ def train_audio_command(
     from ..training.trainer import is_global_zero
 
     overrides = _overrides(set_, data=data, out=out, seq_len=seq_len, batch_size=batch_size, max_steps=max_steps,
-                           lr=lr, model=model, seed=seed, resume=resume or None, devices=_devices(devices),
-                           num_nodes=num_nodes, strategy=strategy)
+                           lr=lr, model=model, seed=seed, chunk_tokens=chunk_tokens, resume=resume or None,
+                           devices=_devices(devices), num_nodes=num_nodes, strategy=strategy)
 
     def run(log: Callable[[str], None]) -> Any:
         cfg = AudioTrainConfig.from_recipe(recipe, **overrides)

@@ -120,11 +120,14 @@ class MambaLM(nn.Module):
             input_ids = input_ids.squeeze(1)
         return self.lm_head(self.backbone.step(input_ids, cache))
 
-    def allocate_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> InferenceCache:
-        """An empty (zero) cache for `batch_size` streams on this model's device."""
+    def allocate_cache(self, batch_size: int, dtype: torch.dtype | None = None,
+                       prepare_step: bool = True) -> InferenceCache:
+        """An empty (zero) cache for `batch_size` streams on this model's device. `prepare_step=False`
+        skips packing the fused step's weights (a cache for chunked training, which never steps)."""
         cfg = self.config
         weight = self.lm_head.weight
-        prepare_stack_step(self.backbone.layers)  # packed now, never inside a CUDA-graph capture
+        if prepare_step:
+            prepare_stack_step(self.backbone.layers)  # packed now, never inside a CUDA-graph capture
         return InferenceCache.empty(cfg.n_layer, batch_size, cfg.d_inner, cfg.d_conv, cfg.d_state,
                                     device=weight.device, dtype=dtype or weight.dtype)
 

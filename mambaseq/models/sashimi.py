@@ -245,13 +245,13 @@ class SashimiCache:
 
 
 def _run_blocks(blocks: nn.ModuleList, x: Tensor, states: list[LayerState] | None = None) -> Tensor:
-    """x: (batch, T, D) through `blocks`; with `states`, continuing from them (one position: the
-    recurrent step, fused into one `mamba_stack_step` where it can be, see models/stack_step.py;
-    several: the scan with initial and final states)."""
+    """x: (batch, T, D) through `blocks`; with `states`, continuing from them (one position without
+    autograd: the recurrent step, fused into one `mamba_stack_step` where it can be, see
+    models/stack_step.py; otherwise the scan with initial and final states)."""
     if states is None:
         for block in blocks:
             x = block(x)
-    elif x.shape[1] == 1:
+    elif x.shape[1] == 1 and not torch.is_grad_enabled():  # the step updates states in place
         x = step_blocks(blocks, x[:, 0], states, fused_by_default=True)[:, None]
     else:
         for block, state in zip(blocks, states, strict=True):
@@ -374,7 +374,8 @@ class SashimiLM(nn.Module):
         """
         L = ids.shape[-1]
         if cache is not None:
-            stage = self._step_stage if L == 1 else self._stream_stage
+            # The step path writes the cache in place: for generation, not for gradients through it.
+            stage = self._step_stage if L == 1 and not torch.is_grad_enabled() else self._stream_stage
             hidden = stage(0, self._embed(ids), cache.seqlen_offset, cache)
             cache.seqlen_offset += L
         else:
@@ -391,8 +392,10 @@ class SashimiLM(nn.Module):
         """ids: (batch,) or (batch, 1), the next sample of every stream -> logits (batch, vocab_size)."""
         return self.forward(ids.reshape(-1, 1), cache)[:, 0]
 
-    def allocate_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> SashimiCache:
-        """An empty (zero) cache for `batch_size` streams on this model's device."""
+    def allocate_cache(self, batch_size: int, dtype: torch.dtype | None = None,
+                       prepare_step: bool = True) -> SashimiCache:
+        """An empty (zero) cache for `batch_size` streams on this model's device. `prepare_step=False`
+        skips packing the fused step's weights (a cache for chunked training, which never steps)."""
         cfg = self.config
         weight = self.lm_head.weight
         dtype = dtype or weight.dtype
@@ -401,7 +404,8 @@ class SashimiLM(nn.Module):
         def states(blocks: nn.ModuleList, stage: int) -> StackedStates:
             # One stacked tensor per stack and kind of state, the blocks' states views into it; the
             # stack's fused-step weights packed now, never inside a CUDA-graph capture.
-            prepare_stack_step(blocks, fused_by_default=True)
+            if prepare_step:
+                prepare_stack_step(blocks, fused_by_default=True)
             bc = cfg.block_config(stage)
             return StackedStates.zeros(len(blocks), batch_size, bc.d_inner, bc.d_conv, bc.d_state,
                                        device=weight.device, dtype=dtype)

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import MambaConfig
 from ..models import MambaLM, SashimiConfig, SashimiLM
+from .chunked import check_chunk_tokens, chunked_nll
 from .lm_module import StepSums, checkpoint_blocks, reduce_sum
 from .optim import configure_optimizers
 
@@ -61,18 +62,28 @@ class AudioLMModule(L.LightningModule):
 
     def __init__(self, architecture: str, model_config: dict, lr: float = 2e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, total_steps: int = 1000,
-                 min_lr_ratio: float = 0.1, checkpoint_activations: bool = False) -> None:
+                 min_lr_ratio: float = 0.1, checkpoint_activations: bool = False, chunk_tokens: int | None = None,
+                 ) -> None:
         super().__init__()
+        check_chunk_tokens(chunk_tokens)
         self.save_hyperparameters()
         self.model = build_audio_lm(architecture, model_config)
+        self.chunk_tokens = chunk_tokens
         if checkpoint_activations:
             checkpoint_blocks(self.model)
         self._val = torch.zeros(2, dtype=torch.float64)  # summed NLL (nats), counted samples
         self._step = StepSums()
 
+    def _train_nll(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """`masked_nll`, in chunks of `chunk_tokens` (training/chunked.py) when the batch holds more."""
+        if self.chunk_tokens and torch.is_grad_enabled() and ids[:, 1:].numel() > self.chunk_tokens:
+            keep = mask[:, 1:]
+            return chunked_nll(self.model, ids[:, :-1], ids[:, 1:], self.chunk_tokens, mask=keep), int(keep.sum())
+        return masked_nll(self.model, ids, mask)
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         ids, mask = batch[0], batch[1]
-        nll, samples = masked_nll(self.model, ids, mask)
+        nll, samples = self._train_nll(ids, mask)
         # The one-device loss of a step is the NLL summed over the global batch over its counted samples
         # N. Shares of it hold different numbers of counted samples (short files are padded), so a mean
         # per share, averaged by DDP over ranks and by Lightning over micro-steps, would weight a sample

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import MambaConfig
 from ..models import MambaLM
 from ..models.lm import MambaBlock
-from .chunked import chunked_nll
+from .chunked import check_chunk_tokens, chunked_nll
 from .data import kept
 from .optim import configure_optimizers
 
@@ -96,9 +96,7 @@ class CausalLMModule(L.LightningModule):
                  min_lr_ratio: float = 0.1, checkpoint_activations: bool = False, chunk_tokens: int | None = None,
                  ) -> None:
         super().__init__()
-        if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
-                                         or chunk_tokens < 1):
-            raise ValueError(f"chunk_tokens must be a positive integer or None, got {chunk_tokens!r}")
+        check_chunk_tokens(chunk_tokens)
         self.save_hyperparameters()
         self.model = MambaLM(MambaConfig.from_dict(model_config))
         self.chunk_tokens = chunk_tokens

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..recipe import Recipe
 from .checkpoint_io import AtomicCheckpointIO
+from .chunked import check_chunk_tokens
 from .data import EvenSplit, StepStream
 from .guards import NONFINITE_MODES, NonFiniteGuard, StepSeed
 from .optim import mark_weight_decay
@@ -32,6 +33,26 @@ from .optim import mark_weight_decay
 # (or joins the processes torchrun or SLURM started); spawn-based strategies are left out: they pickle
 # the module and data streams, whose step callbacks are closures.
 STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+@dataclass
+class ChunkedTraining:
+    """The recipe field of the language-model trainings that can run in chunks (training/chunked.py)."""
+
+    # Train at most this many tokens at a time (windows cut along the sequence with the states
+    # carried, or a few windows at a time): the exact gradients in one chunk's memory. None: the
+    # whole micro-batch at once.
+    chunk_tokens: int | None = None
+
+    def check_chunk_tokens(self) -> None:
+        """A one-line input error (the command's error type) for a value the modules would refuse."""
+        try:
+            check_chunk_tokens(self.chunk_tokens)
+        except ValueError as err:
+            raise self.input_error(str(err)) from None
+
+    def chunk_description(self) -> str:
+        return f" in chunks of {self.chunk_tokens} tokens" if self.chunk_tokens else ""
 
 
 @dataclass

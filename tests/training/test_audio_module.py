@@ -89,6 +89,24 @@ def test_activation_checkpointing_of_a_unet_gives_the_same_gradients(seed):
     assert rel_err(grads[1], grads[0]) < 1e-6
 
 
+@pytest.mark.parametrize("architecture", ["SashimiLM", "MambaLM"])
+def test_chunked_training_gives_the_same_loss_and_gradients(seed, architecture):
+    # Windows of 32 predictions in chunks of 7 samples, padding masked: the same summed NLL and
+    # gradients as the whole batch.
+    plain = AudioLMModule(architecture, CONFIGS[architecture])
+    chunked = AudioLMModule(architecture, CONFIGS[architecture], chunk_tokens=7)
+    chunked.model.load_state_dict(plain.model.state_dict())
+    ids, mask = windows(seed)
+    losses, grads = [], []
+    for module in (plain, chunked):
+        nll, count = module._train_nll(ids, mask)
+        (nll / count).backward()
+        losses.append(nll.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters()]))
+    assert rel_err(losses[1], losses[0]) < 1e-6
+    assert rel_err(grads[1], grads[0]) < 1e-5
+
+
 def test_an_unknown_architecture_is_refused():
     with pytest.raises(ValueError, match="unknown audio architecture"):
         AudioLMModule("MambaClassifier", CONFIGS["MambaLM"])

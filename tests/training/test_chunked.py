@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import rel_err
 
 from mambaseq import MambaConfig, kernels
-from mambaseq.models import MambaLM
+from mambaseq.models import MambaLM, SashimiConfig, SashimiLM
 from mambaseq.training import lm_module
 from mambaseq.training.chunked import chunked_nll
 from mambaseq.training.lm_module import CausalLMModule
@@ -51,6 +51,47 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch(seed, chunk_tokens, ov
     inputs, targets = ids[:, :-1], ids[:, 1:]
     plain_loss, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
     loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, chunk_tokens, VOCAB))
+    assert rel_err(loss, plain_loss) < 1e-6
+    assert rel_err(grads, plain_grads) < 1e-5
+
+
+def _sashimi(**overrides) -> SashimiLM:
+    config = SashimiConfig(**{**dict(d_model=8, n_layer=[1, 1, 1], pool=[2, 2], vocab_size=VOCAB, d_state=4,
+                                     d_conv=3, selective=[True, False, True]), **overrides})
+    model = SashimiLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 5, 16])
+def test_sashimi_chunks_equal_the_whole_window(seed, chunk_tokens):
+    # Chunk boundaries off the pooling grid (1, 3, 5) leave pending rows in the cache; their gradients,
+    # and those of the up-sampled rows, must flow back into the earlier chunks. Inner stages then see
+    # single positions, which must take the differentiable path, not the in-place step.
+    model = _sashimi()
+    ids = torch.randint(0, VOCAB, (2, 30))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    plain_loss, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
+    loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, chunk_tokens, VOCAB))
+    assert rel_err(loss, plain_loss) < 1e-6
+    assert rel_err(grads, plain_grads) < 1e-5
+
+
+@pytest.mark.parametrize("make", [_model, _sashimi], ids=["mamba", "sashimi"])
+def test_masked_targets_do_not_count(seed, make):
+    model = make()
+    ids = torch.randint(0, VOCAB, (3, 26))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    mask = torch.rand(3, 25) < 0.7
+
+    def plain():
+        logits = model(inputs)[..., :VOCAB]
+        return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum")
+
+    plain_loss, plain_grads = _loss_and_grads(model, plain)
+    loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, 6, VOCAB, mask=mask))
     assert rel_err(loss, plain_loss) < 1e-6
     assert rel_err(grads, plain_grads) < 1e-5
 
@@ -147,8 +188,8 @@ def test_bad_chunk_tokens_is_refused(value):
         CausalLMModule(_model().config.to_dict(), chunk_tokens=value)
 
 
-def test_chunked_nll_needs_a_mamba_lm():
-    with pytest.raises(TypeError, match="MambaLM"):
+def test_chunked_nll_needs_a_streaming_model():
+    with pytest.raises(TypeError, match="streaming cache"):
         chunked_nll(torch.nn.Linear(2, 2), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long), 2)
 
 

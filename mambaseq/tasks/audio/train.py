@@ -20,7 +20,7 @@ from ...config import PRESETS, MambaConfig
 from ...models import SASHIMI_PRESETS, SashimiConfig
 from ...training.audio_module import AudioLMModule
 from ...training.data import length_schedule
-from ...training.trainer import TrainRecipe, global_step, is_global_zero
+from ...training.trainer import ChunkedTraining, TrainRecipe, global_step, is_global_zero
 from .codec import Codec, make_codec
 from .data import AudioCorpus, AudioInputError, CorpusSummary, find_audio, split_files
 from .model_dir import audio_metadata
@@ -42,7 +42,7 @@ BUNDLED_GROUP_PATTERN = r"^([^_]+)_"
 
 
 @dataclass
-class AudioTrainConfig(TrainRecipe):
+class AudioTrainConfig(ChunkedTraining, TrainRecipe):
     """Every field can be set in a recipe YAML and overridden from the command line."""
 
     RECIPES: ClassVar[tuple[str, ...]] = ("audio-tiny-cpu", "sc09", "music")
@@ -87,6 +87,7 @@ class AudioTrainConfig(TrainRecipe):
     def check(self) -> None:
         """One-line errors for values no run can use, before any file is read."""
         self.check_distributed()
+        self.check_chunk_tokens()
         for name in ("sample_rate", "seq_len", "batch_size", "max_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -181,7 +182,8 @@ def train_audio(cfg: AudioTrainConfig, log: Callable[[str], None] | None = None,
                               f"samples = {longest / cfg.sample_rate:.2f} s at {cfg.sample_rate} Hz); "
                               "lower --seq-len or give longer audio")
     architecture, model_config = cfg.model_config()
-    module = AudioLMModule(architecture, model_config.to_dict(), **cfg.optimizer_kwargs())
+    module = AudioLMModule(architecture, model_config.to_dict(), **cfg.optimizer_kwargs(),
+                           chunk_tokens=cfg.chunk_tokens)
     schedule = length_schedule(cfg.seq_len, cfg.warmup_start_len, cfg.warmup_stage_steps)
     # Windows of L + 1 samples: L predictions each (extra=1). Predicted samples per step stay constant
     # through the warmup: batch_size x seq_len / L windows, which split_batch checks split over ranks.
@@ -232,5 +234,6 @@ def describe(cfg: AudioTrainConfig) -> str:
     devices = "" if cfg.devices == 1 and cfg.num_nodes == 1 else \
         f" over {cfg.devices} devices x {cfg.num_nodes} nodes"
     return (f"{cfg.model} ({architecture}), {cfg.codec} {cfg.bits}-bit at {cfg.sample_rate} Hz, "
-            f"seq_len {cfg.seq_len} ({cfg.seq_len / cfg.sample_rate:.3g} s), batch {cfg.batch_size}{devices}, "
+            f"seq_len {cfg.seq_len} ({cfg.seq_len / cfg.sample_rate:.3g} s){cfg.chunk_description()}, "
+            f"batch {cfg.batch_size}{devices}, "
             f"{cfg.max_steps} steps, {math.ceil(seconds / 60)} min of audio seen")

@@ -19,7 +19,7 @@ from ...checkpoint import save_pretrained
 from ...config import MambaConfig
 from ...training.data import length_schedule
 from ...training.lm_module import CausalLMModule
-from ...training.trainer import TrainRecipe, global_step, is_global_zero
+from ...training.trainer import ChunkedTraining, TrainRecipe, global_step, is_global_zero
 from .fasta import DnaInputError, FastaCollection, read_bed
 from .tokenizer import VOCAB_SIZE, DnaTokenizer
 from .windows import TrainBatches, ValidWindows, WindowSampler, split_regions
@@ -32,7 +32,7 @@ def bundled_genome() -> list[str]:
 
 
 @dataclass
-class DnaTrainConfig(TrainRecipe):
+class DnaTrainConfig(ChunkedTraining, TrainRecipe):
     """Every field can be set in a recipe YAML and overridden from the command line."""
 
     RECIPES: ClassVar[tuple[str, ...]] = ("tiny-cpu", "hg38-1.4m", "hg38-7m")
@@ -50,16 +50,6 @@ class DnaTrainConfig(TrainRecipe):
     rc_augment: bool = True
     soft_mask: str = "base"
     max_val_windows: int | None = 64
-    # Train at most this many tokens at a time (windows cut along the sequence with the states
-    # carried, or a few windows at a time): the exact gradients in one chunk's memory
-    # (training/chunked.py). None: the whole micro-batch at once.
-    chunk_tokens: int | None = None
-
-    def check_chunk_tokens(self) -> None:
-        value = self.chunk_tokens
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise self.input_error(f"chunk_tokens must be a positive integer (tokens per chunk), got {value!r}")
-
     def model_config(self) -> MambaConfig:
         return MambaConfig.from_preset(self.model, **{"vocab_size": VOCAB_SIZE, **self.model_overrides})
 
@@ -112,7 +102,6 @@ def describe(cfg: DnaTrainConfig) -> str:
     mc = cfg.model_config()
     devices = "" if cfg.devices == 1 and cfg.num_nodes == 1 else \
         f" over {cfg.devices} devices x {cfg.num_nodes} nodes"
-    chunks = f" in chunks of {cfg.chunk_tokens} tokens" if cfg.chunk_tokens else ""
-    return (f"{cfg.model} ({mc.n_layer} x {mc.d_model}), seq_len {cfg.seq_len}{chunks}, "
+    return (f"{cfg.model} ({mc.n_layer} x {mc.d_model}), seq_len {cfg.seq_len}{cfg.chunk_description()}, "
             f"batch {cfg.batch_size}{devices}, "
             f"{cfg.max_steps} steps, {math.ceil(cfg.max_steps * cfg.batch_size * cfg.seq_len / 1e6)}M tokens")
