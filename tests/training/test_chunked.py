@@ -18,18 +18,36 @@ from mambaseq.training.lm_module import CausalLMModule
 VOCAB = 12
 
 
-def _model(**overrides) -> MambaLM:
-    config = MambaConfig(**{**dict(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=4, d_conv=4), **overrides})
-    model = MambaLM(config)
+def _perturbed(model):
     with torch.no_grad():  # off the init's round values, so every parameter's gradient matters
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))
     return model
 
 
+def _model(**overrides) -> MambaLM:
+    config = MambaConfig(**{**dict(d_model=16, n_layer=2, vocab_size=VOCAB, d_state=4, d_conv=4), **overrides})
+    return _perturbed(MambaLM(config))
+
+
+def _sashimi(**overrides) -> SashimiLM:
+    config = SashimiConfig(**{**dict(d_model=8, n_layer=[1, 1, 1], pool=[2, 2], vocab_size=VOCAB, d_state=4,
+                                     d_conv=3, selective=[True, False, True]), **overrides})
+    return _perturbed(SashimiLM(config))
+
+
 def _plain_nll(model: MambaLM, inputs, targets):
     logits = model(inputs)[..., :VOCAB]
     return F.cross_entropy(logits.reshape(-1, VOCAB).float(), targets.reshape(-1), reduction="sum")
+
+
+def _assert_chunks_equal_whole(model, rows: int, chunk_tokens: int) -> None:
+    ids = torch.randint(0, VOCAB, (rows, 30))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    plain_loss, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
+    loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, chunk_tokens, VOCAB))
+    assert rel_err(loss, plain_loss) < 1e-6
+    assert rel_err(grads, plain_grads) < 1e-5
 
 
 def _loss_and_grads(model, loss_fn):
@@ -46,23 +64,7 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch(seed, chunk_tokens, ov
     # L = 29 is a multiple of no chunk length but itself: the last chunk is short. Gradients of the
     # early chunks reach them only through the carried states, so a cut there would show. 58 and 64
     # take two rows at a time (the last group one row).
-    model = _model(**overrides)
-    ids = torch.randint(0, VOCAB, (3, 30))
-    inputs, targets = ids[:, :-1], ids[:, 1:]
-    plain_loss, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
-    loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, chunk_tokens, VOCAB))
-    assert rel_err(loss, plain_loss) < 1e-6
-    assert rel_err(grads, plain_grads) < 1e-5
-
-
-def _sashimi(**overrides) -> SashimiLM:
-    config = SashimiConfig(**{**dict(d_model=8, n_layer=[1, 1, 1], pool=[2, 2], vocab_size=VOCAB, d_state=4,
-                                     d_conv=3, selective=[True, False, True]), **overrides})
-    model = SashimiLM(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    return model
+    _assert_chunks_equal_whole(_model(**overrides), 3, chunk_tokens)
 
 
 @pytest.mark.parametrize("chunk_tokens", [1, 3, 5, 16])
@@ -70,13 +72,7 @@ def test_sashimi_chunks_equal_the_whole_window(seed, chunk_tokens):
     # Chunk boundaries off the pooling grid (1, 3, 5) leave pending rows in the cache; their gradients,
     # and those of the up-sampled rows, must flow back into the earlier chunks. Inner stages then see
     # single positions, which must take the differentiable path, not the in-place step.
-    model = _sashimi()
-    ids = torch.randint(0, VOCAB, (2, 30))
-    inputs, targets = ids[:, :-1], ids[:, 1:]
-    plain_loss, plain_grads = _loss_and_grads(model, lambda: _plain_nll(model, inputs, targets))
-    loss, grads = _loss_and_grads(model, lambda: chunked_nll(model, inputs, targets, chunk_tokens, VOCAB))
-    assert rel_err(loss, plain_loss) < 1e-6
-    assert rel_err(grads, plain_grads) < 1e-5
+    _assert_chunks_equal_whole(_sashimi(), 2, chunk_tokens)
 
 
 @pytest.mark.parametrize("make", [_model, _sashimi], ids=["mamba", "sashimi"])
