@@ -87,10 +87,15 @@ def _chunk_nll(model: nn.Module, vocab_size: int, spec: Any, start: int, inputs:
     return (nll, *(t.clone() for t in out))
 
 
+def valid_chunk_tokens(chunk_tokens: Any) -> bool:
+    """None (no chunking) or a positive integer."""
+    return chunk_tokens is None or (isinstance(chunk_tokens, int) and not isinstance(chunk_tokens, bool)
+                                    and chunk_tokens >= 1)
+
+
 def check_chunk_tokens(chunk_tokens: int | None) -> None:
     """ValueError unless `chunk_tokens` is None or a positive integer (the modules' argument)."""
-    if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
-                                     or chunk_tokens < 1):
+    if not valid_chunk_tokens(chunk_tokens):
         raise ValueError(f"chunk_tokens must be a positive integer or None, got {chunk_tokens!r}")
 
 

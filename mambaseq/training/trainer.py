@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..recipe import Recipe
 from .checkpoint_io import AtomicCheckpointIO
-from .chunked import check_chunk_tokens
+from .chunked import valid_chunk_tokens
 from .data import EvenSplit, StepStream
 from .guards import NONFINITE_MODES, NonFiniteGuard, StepSeed
 from .optim import mark_weight_decay
@@ -46,10 +46,9 @@ class ChunkedTraining:
 
     def check_chunk_tokens(self) -> None:
         """A one-line input error (the command's error type) for a value the modules would refuse."""
-        try:
-            check_chunk_tokens(self.chunk_tokens)
-        except ValueError as err:
-            raise self.input_error(str(err)) from None
+        if not valid_chunk_tokens(self.chunk_tokens):
+            raise self.input_error(f"chunk_tokens must be a positive integer (tokens per chunk), "
+                                   f"got {self.chunk_tokens!r}")
 
     def chunk_description(self) -> str:
         return f" in chunks of {self.chunk_tokens} tokens" if self.chunk_tokens else ""

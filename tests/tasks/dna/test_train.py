@@ -66,7 +66,7 @@ def test_bundled_genome_is_the_default(tmp_path):
     (["--recipe", "nope"], "unknown recipe"),
     (["--set", "bogus=1"], "unknown field"),
     (["--set", "novalue"], "KEY=VALUE"),
-    (["--chunk-tokens", "0"], "chunk_tokens must be a positive integer or None, got 0"),
+    (["--chunk-tokens", "0"], "chunk_tokens must be a positive integer"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     assert main(["train", "dna", "--out", str(tmp_path / "run"), *FAST, *args]) == 2
