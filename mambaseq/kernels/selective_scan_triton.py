@@ -203,11 +203,19 @@ def _load_tile(ptr, b, s_b, s_d, s_l, offs_d, offs_l, mask):
 
 
 @triton.jit
-def _state_row(ptr, row, n, s_n, s_l, offs_l, mask_l, offs_d, mask_d, DSTATE: tl.constexpr, CONST: tl.constexpr):
+def _state_row(ptr, row, n, s_n, s_l, offs_l, mask_l, offs_d, mask_d, DSTATE: tl.constexpr, CONST: tl.constexpr,
+               AS_TILE: tl.constexpr):
     # B or C of state n, broadcastable over a (BLOCK_D, BLOCK_T) tile: per channel when constant
-    # ((dim, d_state)), else per time step.
+    # ((dim, d_state)), else per time step. AS_TILE loads the per-step row as a whole tile (the same
+    # row for every channel: the same addresses, no more memory traffic), which arrives in the
+    # tile's layout; a 1-D row arrives in a layout of its own and crosses shared memory, with a
+    # barrier, to meet the tile's, once per state. But the tile takes a thread's registers once
+    # per channel row it holds rather than once.
     if CONST:
         return tl.load(ptr + offs_d * DSTATE + n, mask=mask_d, other=0.0)[:, None]
+    elif AS_TILE:
+        ptrs = ptr + row + n * s_n + offs_l[None, :] * s_l + offs_d[:, None] * 0
+        return tl.load(ptrs, mask=mask_l[None, :], other=0.0).to(tl.float32)
     else:
         return tl.load(ptr + row + n * s_n + offs_l * s_l, mask=mask_l, other=0.0).to(tl.float32)[None, :]
 
@@ -314,7 +322,11 @@ def _scan_bwd_kernel(
                 for n in range(0, DSTATE):
                     A_n = tl.load(A_ptr + offs_d * DSTATE + n, mask=mask_d, other=0.0)
                     a = tl.exp2(dt * (A_n * 1.4426950408889634)[:, None])
-                    C_n = _state_row(C_ptr, cc_row, n, s_C_n, s_C_l, offs_l, mask_l, offs_d, mask_d, DSTATE, C_CONST)
+                    # As a tile only in the local-adjoint pass, where it removes the loop's one layout
+                    # conversion at no cost in registers. In the gradient pass B or C as a tile adds spills
+                    # on sm_90 under Triton 3.6 (benchmarks/scan_bwd_ir.py), and more instructions per state.
+                    C_n = _state_row(C_ptr, cc_row, n, s_C_n, s_C_l, offs_l, mask_l, offs_d, mask_d, DSTATE, C_CONST,
+                                     LOCAL_ONLY)
                     cdy = C_n * dyg
                     carry_n = tl.sum(tl.where(col == n, carry, 0.0), axis=1)
                     if LOCAL_ONLY:
@@ -323,7 +335,7 @@ def _scan_bwd_kernel(
                         new = tl.sum(tl.where(first, k, 0.0), axis=1)
                     else:
                         B_n = _state_row(B_ptr, bc_row, n, s_B_n, s_B_l, offs_l, mask_l, offs_d, mask_d, DSTATE,
-                                         B_CONST)
+                                         B_CONST, False)
                         x = dtu * B_n
                         h0 = tl.load(segs_ptr + seg_base + offs_d * DSTATE + n, mask=mask_d, other=0.0)
                         a_cum, x_cum = tl.associative_scan((a, x), 1, _affine_combine)
