@@ -203,11 +203,19 @@ def _load_tile(ptr, b, s_b, s_d, s_l, offs_d, offs_l, mask):
 
 
 @triton.jit
-def _state_row(ptr, row, n, s_n, s_l, offs_l, mask_l, offs_d, mask_d, DSTATE: tl.constexpr, CONST: tl.constexpr):
+def _state_row(ptr, row, n, s_n, s_l, offs_l, mask_l, offs_d, mask_d, DSTATE: tl.constexpr, CONST: tl.constexpr,
+               AS_TILE: tl.constexpr):
     # B or C of state n, broadcastable over a (BLOCK_D, BLOCK_T) tile: per channel when constant
-    # ((dim, d_state)), else per time step.
+    # ((dim, d_state)), else per time step. AS_TILE loads the per-step row as a whole tile (the same
+    # row for every channel: the same addresses, no more memory traffic), which arrives in the
+    # tile's layout; a 1-D row arrives in a layout of its own and crosses shared memory, with a
+    # barrier, to meet the tile's, once per state. But the tile takes a thread's registers once
+    # per channel row it holds rather than once.
     if CONST:
         return tl.load(ptr + offs_d * DSTATE + n, mask=mask_d, other=0.0)[:, None]
+    elif AS_TILE:
+        ptrs = ptr + row + n * s_n + offs_l[None, :] * s_l + offs_d[:, None] * 0
+        return tl.load(ptrs, mask=mask_l[None, :], other=0.0).to(tl.float32)
     else:
         return tl.load(ptr + row + n * s_n + offs_l * s_l, mask=mask_l, other=0.0).to(tl.float32)[None, :]
 
@@ -314,7 +322,11 @@ def _scan_bwd_kernel(
                 for n in range(0, DSTATE):
                     A_n = tl.load(A_ptr + offs_d * DSTATE + n, mask=mask_d, other=0.0)
                     a = tl.exp2(dt * (A_n * 1.4426950408889634)[:, None])
-                    C_n = _state_row(C_ptr, cc_row, n, s_C_n, s_C_l, offs_l, mask_l, offs_d, mask_d, DSTATE, C_CONST)
+                    # As a tile only in the local-adjoint pass, where it removes the loop's one layout
+                    # conversion at no cost in registers. In the gradient pass B or C as a tile adds spills
+                    # on sm_90 under Triton 3.6 (benchmarks/scan_bwd_ir.py), and more instructions per state.
+                    C_n = _state_row(C_ptr, cc_row, n, s_C_n, s_C_l, offs_l, mask_l, offs_d, mask_d, DSTATE, C_CONST,
+                                     LOCAL_ONLY)
                     cdy = C_n * dyg
                     carry_n = tl.sum(tl.where(col == n, carry, 0.0), axis=1)
                     if LOCAL_ONLY:
@@ -323,7 +335,7 @@ def _scan_bwd_kernel(
                         new = tl.sum(tl.where(first, k, 0.0), axis=1)
                     else:
                         B_n = _state_row(B_ptr, bc_row, n, s_B_n, s_B_l, offs_l, mask_l, offs_d, mask_d, DSTATE,
-                                         B_CONST)
+                                         B_CONST, False)
                         x = dtu * B_n
                         h0 = tl.load(segs_ptr + seg_base + offs_d * DSTATE + n, mask=mask_d, other=0.0)
                         a_cum, x_cum = tl.associative_scan((a, x), 1, _affine_combine)
@@ -537,6 +549,24 @@ def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0
     return y, final, segs, dsum
 
 
+def _bwd_arguments(plan: _Plan, inputs: tuple, outputs: tuple, carry, gloc, local_only: bool, splits: int,
+                   per_split: int) -> tuple[list, dict]:
+    """The backward kernel's runtime arguments and constexprs (shared by the launch and
+    `compile_bwd_offline`)."""
+    u, delta, A, B, C, D, z, delta_bias, softplus, dy, segs = inputs
+    du, ddelta, dz, dB, dC, parts, dD_part, dbias_part, dB_part, dC_part, dh0 = outputs
+    args = [u, delta, delta_bias, A, B, C, D, z, dy, segs, carry, du, ddelta, dz, dB, dC,
+            parts, dD_part, dbias_part, dB_part, dC_part, dh0, gloc,
+            plan.L, plan.chunk_len, plan.n_chunks, plan.n_segs, plan.dim, plan.dim_per_group, plan.G,
+            plan.batch, splits, per_split,
+            *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy),
+            *_bc_strides(B), *_bc_strides(C), *_strides3(du)]
+    meta = {k: v for k, v in plan.meta(plan.bwd).items() if k != "num_warps"}
+    constexprs = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
+                      BLOCK_T=plan.bwd["block_t"], LOCAL_ONLY=local_only, HAS_CARRY=carry is not None, **meta)
+    return args, constexprs
+
+
 def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, segs, dsum):
     dev = u.device
     du = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=u.dtype)
@@ -557,20 +587,15 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
     dh0 = torch.empty(plan.batch, plan.dim, plan.N, device=dev, dtype=torch.float32)
     if dfinal is not None:  # None: no gradient reaches the final state (no buffer, no fill)
         dfinal = dfinal.float().contiguous()
-    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-                 BLOCK_T=plan.bwd["block_t"], **plan.meta(plan.bwd))
+    inputs = (u, delta, A, B, C, D, z, delta_bias, softplus, dy, segs)
+    outputs = (du, ddelta, dz, dB, dC, parts, dD_part, dbias_part, dB_part, dC_part, dh0)
 
     def launch(carry, local_only, gloc=None):
         # The local-adjoint pass writes no dB/dC: one channel block per program.
         splits, per = (n_dblocks, 1) if local_only else (n_splits, per_split)
-        _scan_bwd_kernel[(plan.n_chunks * plan.batch * splits,)](
-            u, delta, delta_bias, A, B, C, D, z, dy, segs, carry, du, ddelta, dz, dB, dC,
-            parts, dD_part, dbias_part, dB_part, dC_part, dh0, gloc,
-            plan.L, plan.chunk_len, plan.n_chunks, plan.n_segs, plan.dim, plan.dim_per_group, plan.G,
-            plan.batch, splits, per,
-            *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy),
-            *_bc_strides(B), *_bc_strides(C), *_strides3(du), LOCAL_ONLY=local_only, HAS_CARRY=carry is not None,
-            **flags)
+        args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, gloc, local_only, splits, per)
+        _scan_bwd_kernel[(plan.n_chunks * plan.batch * splits,)](*args, **constexprs,
+                                                                 num_warps=plan.bwd["num_warps"])
 
     if plan.n_chunks == 1:
         carry = None if dfinal is None else dfinal.view(plan.batch, 1, plan.dim, plan.N)
@@ -588,6 +613,53 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
     dB = dB_part.sum(dim=(0, 1)) if plan.const_b else dB.sum(0) if n_splits > 1 else dB[0]
     dC = dC_part.sum(dim=(0, 1)) if plan.const_c else dC.sum(0) if n_splits > 1 else dC[0]
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
+
+
+def compile_bwd_offline(batch: int = 8, dim: int = 1536, seqlen: int = 2048, d_state: int = 16, *,
+                        dtype: torch.dtype = torch.bfloat16, local_only: bool = False, has_carry: bool = True,
+                        n_chunks: int = 2, n_splits: int = 64, per_split: int = 3, arch: int = 90,
+                        **bwd_tile: int) -> dict:
+    """Compile `_scan_bwd_kernel` for an NVIDIA GPU of compute capability `arch` on any machine (not
+    under TRITON_INTERPRET), as the mixer calls it: u, delta, z, dy and input-dependent B/C (one group)
+    in `dtype`, D, delta_bias, softplus. `n_chunks`, `n_splits` and `per_split` (of the gradient pass)
+    only matter where they are 1 (a launch makes such ints constants); the defaults are what an H100
+    runs at the default shape.
+
+    Returns {"registers", "spill_bytes", "shared_bytes", "convert_layout" (ops in the Triton GPU IR),
+    "barriers" (bar.sync in the PTX), the same two counted inside the loop over states (the
+    innermost loop) as "convert_layout_state_loop" and "barriers_state_loop", "ttgir", "ptx"}.
+    """
+    from .offline import compile_kernel, ops_by_loop_depth, ptx_by_loop_depth, ptxas_usage
+
+    plan = _Plan((batch, dim, seqlen), d_state, False, False, 1, triton.cdiv(seqlen, n_chunks), {},
+                 {k: v for k, v in bwd_tile.items() if v is not None}, torch.device("meta"))
+
+    def empty(*shape: int, dt: torch.dtype = torch.float32) -> Tensor:
+        return torch.empty(*shape, device="meta", dtype=dt)
+
+    act = empty(batch, dim, seqlen, dt=dtype)  # u, delta, z, dy and their gradients
+    bc = empty(batch, 1, d_state, seqlen, dt=dtype)
+    inputs = (act, act, empty(dim, d_state), bc, bc, empty(dim), act, empty(dim), True, act,
+              empty(batch, plan.n_segs, dim, d_state))
+    states = empty(batch, plan.n_chunks, dim, d_state)
+    dbc = empty(1, batch, 1, d_state, seqlen)
+    parts = empty(batch, plan.n_chunks, dim)
+    outputs = (act, act, act, dbc, dbc, states, parts, parts, None, None, empty(batch, dim, d_state))
+    carry = states if has_carry and not local_only else None
+    gloc = states if local_only else None
+    # As `_scan_backward` launches it: the local-adjoint pass takes one channel block per program.
+    splits, per = (triton.cdiv(dim, plan.bwd["block_d"]), 1) if local_only else (n_splits, per_split)
+    args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, gloc, local_only, splits, per)
+    kernel = compile_kernel(_scan_bwd_kernel, args, constexprs, num_warps=plan.bwd["num_warps"], arch=arch)
+    ttgir, ptx = kernel.asm["ttgir"], kernel.asm["ptx"]
+    # The loop over states is the innermost loop: its body sits one level below the deepest scf.for.
+    body = max(ops_by_loop_depth(ttgir, "scf.for")) + 1
+    converts = ops_by_loop_depth(ttgir, "ttg.convert_layout")
+    # LLVM may drop loops that run once (per_split 1): the PTX's innermost loop is the state loop.
+    barriers, deepest = ptx_by_loop_depth(ptx, "bar.sync")
+    return dict(**ptxas_usage(ptx, arch), shared_bytes=kernel.metadata.shared,
+                convert_layout=sum(converts.values()), convert_layout_state_loop=converts.get(body, 0),
+                barriers=sum(barriers.values()), barriers_state_loop=barriers.get(deepest, 0), ttgir=ttgir, ptx=ptx)
 
 
 class SelectiveScanFn(torch.autograd.Function):

@@ -500,9 +500,6 @@ def _arguments(residual: Tensor, out: Tensor, conv_state: Tensor, ssm_state: Ten
     return args, constexprs
 
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
 def compile_offline(weights: StackWeights, batch: int, block_b: int, *, residual_dtype: torch.dtype = torch.float32,
                     state_dtype: torch.dtype | None = None, num_warps: int = 8, arch: int = 90) -> dict[str, Any]:
     """Compile the kernel for an NVIDIA GPU of compute capability `arch` without one (Triton's
@@ -512,11 +509,8 @@ def compile_offline(weights: StackWeights, batch: int, block_b: int, *, residual
     `weights` may live on the CPU (only dtypes and shapes matter). Returns {"registers",
     "spill_bytes", "shared_bytes", "barriers", "ptx"}.
     """
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from .offline import compile_kernel, ptxas_usage
 
-    if not isinstance(_stack_step_kernel, triton.runtime.jit.JITFunction):
-        raise RuntimeError("compile_offline needs the compiled kernel: run it without TRITON_INTERPRET=1")
     w = weights
 
     def empty(dtype: torch.dtype) -> Tensor:
@@ -526,48 +520,7 @@ def compile_offline(weights: StackWeights, batch: int, block_b: int, *, residual
     args, constexprs = _arguments(residual, residual, empty(state_dtype or w.dtype), empty(torch.float32),
                                   empty(torch.float32), w, batch, block_b)
     constexprs["DOT_FP32"] = False  # what a GPU compiles
-    signature, constants = {}, dict(constexprs)
-    for name, arg in zip(_stack_step_kernel.arg_names, args, strict=False):
-        if arg is None:
-            signature[name], constants[name] = "constexpr", None
-        elif isinstance(arg, Tensor):
-            signature[name] = "*" + _TRITON_TYPES[arg.dtype]
-        else:
-            signature[name] = "fp32" if isinstance(arg, float) else "i32"
-    signature |= dict.fromkeys(constexprs, "constexpr")
-    # As a launch specialises them: pointers 16-byte aligned (torch's allocations), ints divisible by 16.
-    attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(args)
-             if isinstance(arg, Tensor) or (isinstance(arg, int) and arg % 16 == 0)}
-    source = ASTSource(_stack_step_kernel, {n: signature[n] for n in _stack_step_kernel.arg_names}, constants,
-                       attrs)
-    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=num_warps, num_stages=1))
+    kernel = compile_kernel(_stack_step_kernel, args, constexprs, num_warps=num_warps, arch=arch)
     ptx = kernel.asm["ptx"]
-    return dict(**_ptxas_usage(ptx, arch), shared_bytes=kernel.metadata.shared, barriers=ptx.count("bar.sync"),
+    return dict(**ptxas_usage(ptx, arch), shared_bytes=kernel.metadata.shared, barriers=ptx.count("bar.sync"),
                 ptx=ptx)
-
-
-def _ptxas_usage(ptx: str, arch: int) -> dict[str, int | None]:
-    import re
-    import subprocess
-    import tempfile
-
-    try:  # Triton >= 3.5 names the ptxas that knows the newest PTX per arch; older ones have one
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        ptxas = get_ptxas(arch).path
-    except ImportError:
-        from triton import knobs
-
-        ptxas = knobs.nvidia.ptxas.path
-    suffix = "a" if arch >= 90 else ""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        run = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}{suffix}", path, "-o", path + ".cubin"],
-                             capture_output=True, text=True, check=True)
-    registers = re.search(r"Used (\d+) registers", run.stderr)
-    spills = re.search(r"(\d+) bytes spill stores", run.stderr)
-    return dict(registers=int(registers.group(1)) if registers else None,
-                spill_bytes=int(spills.group(1)) if spills else 0)
