@@ -7,7 +7,6 @@ work is replayed from a CUDA graph.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .models import InferenceCache, MambaLM
+from .models.cache import get_slot, set_slot, tensor_slots
 
 
 @dataclass
@@ -155,36 +155,6 @@ class StreamSample:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-Slot = tuple[Any, Any]  # (holder, key): a dataclass and a field name, or a list and an index
-
-
-def _tensor_slots(obj: Any) -> list[Slot]:
-    """Every place a tensor is held in a cache (InferenceCache, SashimiCache: nested dataclasses and
-    lists), so the sampler can pin them without knowing the cache's type."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        items: list[Slot] = [(obj, f.name) for f in dataclasses.fields(obj)]
-    elif isinstance(obj, list):
-        items = [(obj, i) for i in range(len(obj))]
-    else:
-        return []
-    slots = []
-    for holder, key in items:
-        value = _get(holder, key)
-        slots += [(holder, key)] if isinstance(value, Tensor) else _tensor_slots(value)
-    return slots
-
-
-def _get(holder: Any, key: Any) -> Any:
-    return holder[key] if isinstance(holder, list) else getattr(holder, key)
-
-
-def _set(holder: Any, key: Any, value: Any) -> None:
-    if isinstance(holder, list):
-        holder[key] = value
-    else:
-        setattr(holder, key, value)
-
-
 def _own(tensor: Tensor) -> Tensor:
     return tensor if tensor.is_contiguous() else tensor.contiguous().clone()
 
@@ -209,11 +179,11 @@ class _ChunkSampler:
                  vocab_limit: int, chunk: int) -> None:
         self.model, self.cache, self.sampling = model, cache, sampling
         self.vocab_limit, self.chunk = vocab_limit, chunk
-        self.slots = _tensor_slots(cache)
+        self.slots = tensor_slots(cache)
         # The cache's own tensors (the cache is this sampler's), not copies: a layer state may be a
         # view into a stacked tensor that the fused stack step updates (models.cache.StackedStates),
         # and a copy would cut it off. Only a non-contiguous one (none the models make) is copied.
-        self.pinned = [_own(_get(h, k)) for h, k in self.slots]
+        self.pinned = [_own(get_slot(h, k)) for h, k in self.slots]
         self.restore_slots()
         batch, device = logits.shape[0], logits.device
         self.logits = logits.contiguous().clone()  # (batch, padded vocab): predicts the next sample
@@ -226,14 +196,14 @@ class _ChunkSampler:
     def restore_slots(self) -> None:
         """Point the cache at the pinned tensors again (their contents are not touched)."""
         for (holder, key), pinned in zip(self.slots, self.pinned, strict=True):
-            _set(holder, key, pinned)
+            set_slot(holder, key, pinned)
 
     def _pin(self) -> None:
         for (holder, key), pinned in zip(self.slots, self.pinned, strict=True):
-            current = _get(holder, key)
+            current = get_slot(holder, key)
             if current is not pinned:
                 pinned.copy_(current)
-                _set(holder, key, pinned)
+                set_slot(holder, key, pinned)
 
     def buffers(self) -> list[Tensor]:
         """Every buffer the chunk writes (what a warm-up must put back)."""
@@ -308,9 +278,9 @@ def _expand_cache(model: nn.Module, cache: Any, batch: int) -> Any:
     which would break states that are views into a stacked tensor (models.cache.StackedStates).
     """
     expanded = model.allocate_cache(batch)
-    for (holder, key), (big_holder, big_key) in zip(_tensor_slots(cache), _tensor_slots(expanded), strict=True):
-        target = _get(big_holder, big_key)
-        target.copy_(_get(holder, key).expand_as(target))
+    for (holder, key), (big_holder, big_key) in zip(tensor_slots(cache), tensor_slots(expanded), strict=True):
+        target = get_slot(big_holder, big_key)
+        target.copy_(get_slot(holder, key).expand_as(target))
     expanded.seqlen_offset = cache.seqlen_offset
     return expanded
 

@@ -363,16 +363,16 @@ def test_stream_zero_new_tokens():
 def test_chunk_keeps_every_cache_tensor_at_its_pinned_address():
     # What a CUDA graph relies on: SashimiLM replaces `pending` and `upsampled` at each step, and the
     # sampler must copy them back into the tensors the graph was captured with.
-    from mambaseq.generation import _get, _tensor_slots
+    from mambaseq.models.cache import get_slot, tensor_slots
 
     model = _sashimi()
     cache = model.allocate_cache(2)
     with torch.no_grad():
         logits = model(torch.zeros(2, 3, dtype=torch.long), cache=cache)[:, -1]
         sampler = _ChunkSampler(model, cache, logits, SamplingConfig(), 32, 16)
-        before = [(_get(h, k), _get(h, k).data_ptr()) for h, k in _tensor_slots(cache)]
+        before = [(get_slot(h, k), get_slot(h, k).data_ptr()) for h, k in tensor_slots(cache)]
         sampler.run_chunk(16)
-    after = [_get(h, k) for h, k in _tensor_slots(cache)]
+    after = [get_slot(h, k) for h, k in tensor_slots(cache)]
     assert len(before) == len(after) == 2 * (3 + 2) + 2 * 2  # 5 blocks x (conv, ssm) + 2 stages x 2 buffers
     assert all(a is t and a.data_ptr() == ptr for (t, ptr), a in zip(before, after, strict=True))
     assert cache.seqlen_offset == 3 + 16

@@ -244,6 +244,11 @@ def _strategy_option() -> Any:
     return typer.Option(None, "--strategy", help="auto | ddp | fsdp (Lightning strategy for several devices).")
 
 
+def _chunk_tokens_option(unit: str) -> Any:
+    return typer.Option(None, "--chunk-tokens", help=f"Train at most this many {unit} at a time: long windows in "
+                        "pieces with the states carried (exact gradients, one piece's memory).")
+
+
 def _devices(value: str | None) -> int | str | None:
     """--devices 2 -> 2; -1, auto and GPU ids ("0,1") as Lightning takes them."""
     if value is None:
@@ -282,9 +287,7 @@ def train_dna_command(
     lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
     model: str = typer.Option(None, "--model", help="Model preset (tiny, dna-1.4m, dna-7m)."),
     seed: int = typer.Option(None, "--seed", help="Seed of model init and window sampling."),
-    chunk_tokens: int = typer.Option(None, "--chunk-tokens", help="Train at most this many tokens at a time: long "
-                                     "windows in pieces with the states carried (exact gradients, one piece's "
-                                     "memory)."),
+    chunk_tokens: int = _chunk_tokens_option("bases"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
     devices: str = _devices_option(),
     num_nodes: int = _num_nodes_option(),
@@ -324,9 +327,7 @@ def train_audio_command(
     model: str = typer.Option(None, "--model", help="Model preset (sashimi-tiny, sashimi-sc09, or a Mamba preset "
                               "such as sc09-6m)."),
     seed: int = typer.Option(None, "--seed", help="Seed of model init and window sampling."),
-    chunk_tokens: int = typer.Option(None, "--chunk-tokens", help="Train at most this many samples at a time: long "
-                                     "windows in pieces with the states carried (exact gradients, one piece's "
-                                     "memory)."),
+    chunk_tokens: int = _chunk_tokens_option("samples"),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
     devices: str = _devices_option(),
     num_nodes: int = _num_nodes_option(),

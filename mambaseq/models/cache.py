@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,3 +97,34 @@ class InferenceCache:
             return InferenceCache(StackedStates(stacked.conv[:, index], stacked.ssm[:, index]), self.seqlen_offset)
         return InferenceCache([LayerState(s.conv[index], s.ssm[index]) for s in self.layers],
                               self.seqlen_offset)
+
+
+Slot = tuple[Any, Any]  # (holder, key): a dataclass and a field name, or a list and an index
+
+
+def tensor_slots(obj: Any) -> list[Slot]:
+    """Every place a tensor is held in a cache (InferenceCache, SashimiCache: nested dataclasses and
+    lists), in a fixed order, so code can read, pin or replace a cache's tensors without knowing its
+    type (generation's CUDA-graph buffers, chunked training's carried states)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items: list[Slot] = [(obj, f.name) for f in dataclasses.fields(obj)]
+    elif isinstance(obj, list):
+        items = [(obj, i) for i in range(len(obj))]
+    else:
+        return []
+    slots = []
+    for holder, key in items:
+        value = get_slot(holder, key)
+        slots += [(holder, key)] if isinstance(value, Tensor) else tensor_slots(value)
+    return slots
+
+
+def get_slot(holder: Any, key: Any) -> Any:
+    return holder[key] if isinstance(holder, list) else getattr(holder, key)
+
+
+def set_slot(holder: Any, key: Any, value: Any) -> None:
+    if isinstance(holder, list):
+        holder[key] = value
+    else:
+        setattr(holder, key, value)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import MambaConfig
 from ..models import MambaLM, SashimiConfig, SashimiLM
-from .chunked import check_chunk_tokens, chunked_nll
+from .chunked import check_chunk_tokens, chunked_nll, wants_chunks
 from .lm_module import StepSums, checkpoint_blocks, reduce_sum
 from .optim import configure_optimizers
 
@@ -76,7 +76,7 @@ class AudioLMModule(L.LightningModule):
 
     def _train_nll(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         """`masked_nll`, in chunks of `chunk_tokens` (training/chunked.py) when the batch holds more."""
-        if self.chunk_tokens and torch.is_grad_enabled() and ids[:, 1:].numel() > self.chunk_tokens:
+        if wants_chunks(self.chunk_tokens, ids[:, 1:]):
             keep = mask[:, 1:]
             return chunked_nll(self.model, ids[:, :-1], ids[:, 1:], self.chunk_tokens, mask=keep), int(keep.sum())
         return masked_nll(self.model, ids, mask)

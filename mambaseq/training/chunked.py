@@ -31,7 +31,6 @@ both (benchmarks/RESULTS.md, issue 4).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -39,52 +38,35 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-_TENSOR = object()  # marks where a tensor sits in a flattened cache
+from ..models.cache import get_slot, set_slot, tensor_slots
 
 
-def _flatten(obj: Any, tensors: list[Tensor]) -> Any:
-    """The structure of a cache (dataclasses, lists, tensors, plain values) with its tensors moved
-    out, in a fixed order, into `tensors`."""
-    if isinstance(obj, Tensor):
-        tensors.append(obj)
-        return _TENSOR
-    if dataclasses.is_dataclass(obj):
-        return (type(obj), {f.name: _flatten(getattr(obj, f.name), tensors) for f in dataclasses.fields(obj)})
-    if isinstance(obj, list):  # StackedStates too: rebuilt as a plain list (chunks never step)
-        return [_flatten(item, tensors) for item in obj]
-    return obj
-
-
-def _rebuild(spec: Any, tensors: list[Tensor]) -> Any:
-    """The inverse of `_flatten`, taking tensors from the front of `tensors` (consumed)."""
-    if spec is _TENSOR:
-        return tensors.pop(0)
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], type) and dataclasses.is_dataclass(spec[0]):
-        cls, fields = spec
-        return cls(**{name: _rebuild(value, tensors) for name, value in fields.items()})
-    if isinstance(spec, list):
-        return [_rebuild(item, tensors) for item in spec]
-    return spec
-
-
-def _chunk_nll(model: nn.Module, vocab_size: int, spec: Any, start: int, inputs: Tensor, targets: Tensor,
+def _chunk_nll(model: nn.Module, vocab_size: int, start: int | None, inputs: Tensor, targets: Tensor,
                mask: Tensor | None, *carried: Tensor) -> tuple[Tensor, ...]:
-    """One chunk: (summed NLL of its counted targets, *cache tensors at its end), from those at its start;
-    with no `spec`, whole windows through the plain forward: (summed NLL,)."""
-    cache = None
-    if spec is not None:
-        cache = _rebuild(spec, list(carried))
+    """One chunk: (summed NLL of its counted targets, *cache tensors at its end), from the cache
+    tensors at its start (`carried`, in `tensor_slots` order) and its stream position `start`;
+    with `start` None, whole windows through the plain forward: (summed NLL,)."""
+    cache, slots = None, []
+    if start is not None:
+        # A fresh cache each call (the recompute in backward too) holding the carried tensors.
+        cache = model.allocate_cache(inputs.shape[0], dtype=torch.float32, prepare_step=False)
+        slots = tensor_slots(cache)
+        for (holder, key), tensor in zip(slots, carried, strict=True):
+            set_slot(holder, key, tensor)
         cache.seqlen_offset = start
     logits = model(inputs, cache)[..., :vocab_size]
     if mask is not None:
         logits, targets = logits[mask], targets[mask]
     nll = F.cross_entropy(logits.reshape(-1, vocab_size).float(), targets.reshape(-1), reduction="sum")
-    out: list[Tensor] = []
-    if cache is not None:
-        _flatten(cache, out)
     # A conv state is a view of the last columns of this chunk's projections: compact copies, so the
     # tensors kept between chunks do not hold those whole buffers alive.
-    return (nll, *(t.clone() for t in out))
+    return (nll, *(get_slot(holder, key).clone() for holder, key in slots))
+
+
+def wants_chunks(chunk_tokens: int | None, targets: Tensor) -> bool:
+    """Whether a batch with these targets trains in chunks: `chunk_tokens` is set, the batch holds
+    more tokens than that, and autograd is on (without it a plain forward keeps no activations)."""
+    return bool(chunk_tokens) and torch.is_grad_enabled() and targets.numel() > chunk_tokens
 
 
 def valid_chunk_tokens(chunk_tokens: Any) -> bool:
@@ -113,8 +95,9 @@ def chunked_nll(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens:
     """
     if not callable(getattr(model, "allocate_cache", None)):
         raise TypeError(f"chunked training needs a model with a streaming cache, got {type(model).__name__}")
-    if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if chunk_tokens is None:
+        raise ValueError("chunked_nll needs chunk_tokens")
+    check_chunk_tokens(chunk_tokens)
     if inputs.shape != targets.shape or inputs.dim() != 2 or (mask is not None and mask.shape != inputs.shape):
         raise ValueError(f"inputs, targets (and mask) must all be (batch, L), got {tuple(inputs.shape)} and "
                          f"{tuple(targets.shape)}")
@@ -126,18 +109,18 @@ def chunked_nll(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens:
         group = slice(first, first + rows)
         if length <= chunk_tokens:  # whole windows, a few rows at a time: no state to carry
             nll, = torch.utils.checkpoint.checkpoint(
-                _chunk_nll, model, vocab_size, None, 0, inputs[group], targets[group],
+                _chunk_nll, model, vocab_size, None, inputs[group], targets[group],
                 None if mask is None else mask[group], use_reentrant=False)
             total = total + nll
             continue
-        # fp32 states: the models cast them to their compute dtype, and a bf16 value survives the round trip.
+        # Zero states to start from, fp32: the models cast them to their compute dtype, and a bf16
+        # value survives the round trip.
         cache = model.allocate_cache(inputs[group].shape[0], dtype=torch.float32, prepare_step=False)
-        carried: list[Tensor] = []
-        spec = _flatten(cache, carried)
+        carried = [get_slot(holder, key) for holder, key in tensor_slots(cache)]
         for start in range(0, length, chunk_tokens):
             part = (group, slice(start, start + chunk_tokens))
             nll, *carried = torch.utils.checkpoint.checkpoint(
-                _chunk_nll, model, vocab_size, spec, start, inputs[part], targets[part],
+                _chunk_nll, model, vocab_size, start, inputs[part], targets[part],
                 None if mask is None else mask[part], *carried, use_reentrant=False)
             total = total + nll
     return total

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import MambaConfig
 from ..models import MambaLM
 from ..models.lm import MambaBlock
-from .chunked import check_chunk_tokens, chunked_nll
+from .chunked import check_chunk_tokens, chunked_nll, wants_chunks
 from .data import kept
 from .optim import configure_optimizers
 
@@ -107,9 +107,7 @@ class CausalLMModule(L.LightningModule):
         self._step = StepSums()
 
     def _nll(self, batch: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-        if (self.chunk_tokens and keep is None and torch.is_grad_enabled()
-                and batch[:, 1:].numel() > self.chunk_tokens):
-            # Training memory only: without autograd a plain forward keeps no activations anyway.
+        if keep is None and wants_chunks(self.chunk_tokens, batch[:, 1:]):
             nll = chunked_nll(self.model, batch[:, :-1], batch[:, 1:], self.chunk_tokens,
                               self.model.config.vocab_size)
             return nll, batch[:, 1:].numel()
