@@ -82,8 +82,8 @@ BWD_CONFIGS = [  # (block_t steps, block_d channels, warps)
 ]
 
 
-def _bwd_config(block_t: int, block_d: int, warps: int) -> dict:
-    return dict(bwd_block_t=block_t, bwd_block_d=block_d, bwd_num_warps=warps)
+def _bwd_config(block_t: int, block_d: int, warps: int, maxnreg: int | None = None) -> dict:
+    return dict(bwd_block_t=block_t, bwd_block_d=block_d, bwd_num_warps=warps, bwd_maxnreg=maxnreg)
 
 
 def breakdown() -> list[dict]:
@@ -180,7 +180,7 @@ def host_profile(calls: int = 300) -> dict:
     return out
 
 
-def tune(configs: list[tuple[int, int, int]], programs: list[int]) -> list[dict]:
+def tune(configs: list[tuple[int, ...]], programs: list[int]) -> list[dict]:
     """Backward-only medians for backward tile configurations and targets of programs per SM
     (splitting the channel blocks of a chunk; bf16, the call of the anchor)."""
     from mambaseq.kernels import selective_scan_triton as sst
@@ -190,9 +190,10 @@ def tune(configs: list[tuple[int, int, int]], programs: list[int]) -> list[dict]
     for batch, dim, L in [(8, 1536, 2048), (1, 1024, 131072), (1, 256, 1048576)]:
         x = make_inputs(batch, dim, 16, L, torch.bfloat16, requires_grad=True)
         leaves = list(x.values())
-        for (block_t, block_d, warps), per_sm in ((c, n) for c in configs for n in programs):
-            config = _bwd_config(block_t, block_d, warps)
+        for (block_t, block_d, warps, *maxnreg), per_sm in ((c, n) for c in configs for n in programs):
+            config = _bwd_config(block_t, block_d, warps, *maxnreg)
             sst.BWD_PROGRAMS_PER_SM = per_sm
+            sst._cached_plan.cache_clear()  # plans (chunking) depend on the target
             try:
                 y = selective_scan(**x, **config)
                 ms = backward_ms(y, leaves, torch.randn_like(y))
@@ -200,9 +201,10 @@ def tune(configs: list[tuple[int, int, int]], programs: list[int]) -> list[dict]
             except Exception as err:  # out of resources for this tile
                 ms = f"{type(err).__name__}"
             out.append(dict(batch=batch, dim=dim, L=L, block_t=block_t, block_d=block_d, num_warps=warps,
-                            programs_per_sm=per_sm, bwd_ms=ms))
+                            maxnreg=maxnreg[0] if maxnreg else None, programs_per_sm=per_sm, bwd_ms=ms))
             print(out[-1], flush=True)
     sst.BWD_PROGRAMS_PER_SM = default_programs
+    sst._cached_plan.cache_clear()
     return out
 
 
@@ -288,8 +290,8 @@ def main() -> None:
     parser.add_argument("--block-d", type=int)
     parser.add_argument("--block-l", type=int)
     parser.add_argument("--num-warps", type=int)
-    parser.add_argument("--bwd-tile", help="backward tile as block_t,block_d,warps")
-    parser.add_argument("--tune-configs", help="backward tiles to tune, e.g. 256,2,2;128,2,1")
+    parser.add_argument("--bwd-tile", help="backward tile as block_t,block_d,warps[,maxnreg]")
+    parser.add_argument("--tune-configs", help="backward tiles to tune, e.g. 64,8,1;64,4,1,128 (4th: maxnreg)")
     parser.add_argument("--tune-programs", default="8", help="backward programs per SM to tune, e.g. 4,8,16")
     parser.add_argument("--json")
     args = parser.parse_args()

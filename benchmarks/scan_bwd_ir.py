@@ -3,7 +3,7 @@ conversions in the Triton GPU IR, barriers in the PTX (each in all and inside th
 the hot loop), registers and spills from ptxas. One row per pass at the tile and inputs the GPU runs
 (bf16 u/delta/z/dy and B/C, input-dependent B/C, z, D, delta_bias, softplus).
 
-    python benchmarks/scan_bwd_ir.py [--arch 90] [--bwd-tile 64,8,1] [--dump DIR]
+    python benchmarks/scan_bwd_ir.py [--arch 90] [--bwd-tile 64,8,1[,128]] [--dump DIR]
 
 Not under TRITON_INTERPRET (unset it if the environment sets it).
 """
@@ -22,12 +22,13 @@ PASSES = {"gradient pass (LOCAL_ONLY=0, HAS_CARRY=1)": dict(local_only=False, ha
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90)
-    parser.add_argument("--bwd-tile", help="backward tile as block_t,block_d,warps (default: BWD_TILE)")
+    parser.add_argument("--bwd-tile", help="backward tile as block_t,block_d,warps[,maxnreg] (default: BWD_TILE)")
     parser.add_argument("--dump", help="write each pass's TTGIR and PTX here")
     args = parser.parse_args()
     tile = dict(BWD_TILE)
     if args.bwd_tile:
-        tile = dict(zip(("block_t", "block_d", "num_warps"), (int(v) for v in args.bwd_tile.split(",")), strict=True))
+        values = [int(v) for v in args.bwd_tile.split(",")]
+        tile.update(zip(("block_t", "block_d", "num_warps", "maxnreg"), values, strict=False))
     print(f"tile {tile}, sm_{args.arch}")
     print("| pass | convert_layout (state loop / all) | bar.sync (state loop / all) | registers | spill bytes |")
     print("|---|---:|---:|---:|---:|")

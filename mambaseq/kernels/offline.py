@@ -16,11 +16,13 @@ from torch import Tensor
 _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def compile_kernel(kernel: Any, args: list, constexprs: dict, *, num_warps: int, arch: int = 90) -> Any:
+def compile_kernel(kernel: Any, args: list, constexprs: dict, *, num_warps: int, arch: int = 90,
+                   **options: Any) -> Any:
     """`kernel` compiled for compute capability `arch` with the launch arguments `args` (tensors on
     any device, the meta device included: only dtypes and strides matter) and constexprs.
 
-    Arguments are specialised as a launch specialises them: None and ints equal to 1 become
+    `options` are further compile options of a launch (e.g. maxnreg). Arguments are specialised as a
+    launch specialises them: None and ints equal to 1 become
     constants, pointers are 16-byte aligned (torch's allocations), ints divisible by 16 are marked so.
     """
     from triton.backends.compiler import GPUTarget
@@ -43,7 +45,8 @@ def compile_kernel(kernel: Any, args: list, constexprs: dict, *, num_warps: int,
             attrs[(i,)] = [["tt.divisibility", 16]]
     signature |= dict.fromkeys(constexprs, "constexpr")
     source = ASTSource(kernel, {n: signature[n] for n in kernel.arg_names}, constants, attrs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=1))
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=num_warps, num_stages=1, **options))
 
 
 def ptxas_usage(ptx: str, arch: int) -> dict[str, int | None]:

@@ -401,7 +401,10 @@ FWD_TILE = dict(block_l=8, block_d=None, num_warps=1)
 # Backward tiles: block_t steps across the threads x block_d channels inside each thread. block_t
 # is also the spacing of the states the forward saves for the backward (4 * d_state bytes per
 # channel per block_t steps).
-BWD_TILE = dict(block_t=64, block_d=8, num_warps=1)
+# maxnreg caps registers per thread (None: ptxas's choice, 255 at one warp, so 8 warps per SM). A
+# cap of 128 with 4 channels and 16 programs per SM was 2-7% faster on three shapes under Triton 3.9
+# but lost 10-30% on the grid's batch 16 x dim 1536 (more chunks): not the default (RESULTS.md).
+BWD_TILE = dict(block_t=64, block_d=8, num_warps=1, maxnreg=None)
 # The backward splits the channel blocks of a chunk over this many programs per SM at most
 # (each split adds a partial copy of dB and dC, summed afterwards), within SPLIT_BYTES of copies.
 BWD_PROGRAMS_PER_SM = 8
@@ -508,6 +511,11 @@ class _Plan:
                     C_CONST=self.const_c, num_warps=tile["num_warps"])
 
 
+def _launch_options(tile: dict) -> dict:
+    # maxnreg only where set: a launch option older Triton builds may not know.
+    return {"num_warps": tile["num_warps"], **({"maxnreg": tile["maxnreg"]} if tile.get("maxnreg") else {})}
+
+
 def _states(plan: _Plan, n: int, like: Tensor) -> Tensor:
     return torch.empty(plan.batch, n, plan.dim, plan.N, device=like.device, dtype=torch.float32)
 
@@ -594,8 +602,7 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
         # The local-adjoint pass writes no dB/dC: one channel block per program.
         splits, per = (n_dblocks, 1) if local_only else (n_splits, per_split)
         args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, gloc, local_only, splits, per)
-        _scan_bwd_kernel[(plan.n_chunks * plan.batch * splits,)](*args, **constexprs,
-                                                                 num_warps=plan.bwd["num_warps"])
+        _scan_bwd_kernel[(plan.n_chunks * plan.batch * splits,)](*args, **constexprs, **_launch_options(plan.bwd))
 
     if plan.n_chunks == 1:
         carry = None if dfinal is None else dfinal.view(plan.batch, 1, plan.dim, plan.N)
@@ -650,7 +657,7 @@ def compile_bwd_offline(batch: int = 8, dim: int = 1536, seqlen: int = 2048, d_s
     # As `_scan_backward` launches it: the local-adjoint pass takes one channel block per program.
     splits, per = (triton.cdiv(dim, plan.bwd["block_d"]), 1) if local_only else (n_splits, per_split)
     args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, gloc, local_only, splits, per)
-    kernel = compile_kernel(_scan_bwd_kernel, args, constexprs, num_warps=plan.bwd["num_warps"], arch=arch)
+    kernel = compile_kernel(_scan_bwd_kernel, args, constexprs, arch=arch, **_launch_options(plan.bwd))
     ttgir, ptx = kernel.asm["ttgir"], kernel.asm["ptx"]
     # The loop over states is the innermost loop: its body sits one level below the deepest scf.for.
     body = max(ops_by_loop_depth(ttgir, "scf.for")) + 1
@@ -721,6 +728,7 @@ def selective_scan(
     bwd_block_t: int | None = None,
     bwd_block_d: int | None = None,
     bwd_num_warps: int | None = None,
+    bwd_maxnreg: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan on the Triton kernels; same contract as `reference.selective_scan_ref`.
 
@@ -728,10 +736,11 @@ def selective_scan(
     (batch, d_state, L) or (dim, d_state); D, delta_bias: (dim,); initial_state:
     (batch, dim, d_state). `chunk_len` forces the split of L into parallel chunks (default:
     chosen from the GPU's size); `block_l`, `block_d`, `num_warps` set the forward tile and
-    `bwd_block_t`, `bwd_block_d`, `bwd_num_warps` the backward's (powers of two).
+    `bwd_block_t`, `bwd_block_d`, `bwd_num_warps` the backward's (powers of two); `bwd_maxnreg` caps
+    the backward's registers per thread (more programs fit on an SM, at the risk of spills).
     """
     fwd = dict(block_l=block_l, block_d=block_d, num_warps=num_warps)
-    bwd = dict(block_t=bwd_block_t, block_d=bwd_block_d, num_warps=bwd_num_warps)
+    bwd = dict(block_t=bwd_block_t, block_d=bwd_block_d, num_warps=bwd_num_warps, maxnreg=bwd_maxnreg)
     y, final = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                      chunk_len, fwd, bwd)
     return (y, final) if return_final_state else y
