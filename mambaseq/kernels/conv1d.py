@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .device import LAUNCH_OPTIONS
+
 
 @triton.jit
 def _load_shifted(x_ptr, init_ptr, b, offs_d, src, mask_d, s_x_b, s_x_d, s_x_l, WIDTH: tl.constexpr,
@@ -139,7 +141,7 @@ class CausalConv1dFn(torch.autograd.Function):
         grid = (batch * triton.cdiv(dim, BLOCK_D), triton.cdiv(L, BLOCK_L))
         _conv_fwd_kernel[grid](x, weight, bias, init, y, dim, L, *x.stride(), *y.stride(),
                                WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu,
-                               BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L)
+                               BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L, **LAUNCH_OPTIONS)
         ctx.silu = silu
         ctx.save_for_backward(x, weight, bias, init)
         return y
@@ -155,10 +157,11 @@ class CausalConv1dFn(torch.autograd.Function):
         dbias_part = torch.empty(batch, grid[1], dim, device=x.device, dtype=torch.float32)
         _conv_bwd_dpre_kernel[grid](x, weight, bias, init, dy, dpre, dw_part, dbias_part, dim, L,
                                     *x.stride(), *dy.stride(), WIDTH=width, HAS_BIAS=bias is not None,
-                                    HAS_INIT=init is not None, SILU=ctx.silu, BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L)
+                                    HAS_INIT=init is not None, SILU=ctx.silu, BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L,
+                                    **LAUNCH_OPTIONS)
         dx = torch.empty(batch, dim, L, device=x.device, dtype=x.dtype)
         _conv_bwd_dx_kernel[grid](dpre, weight, dx, dim, L, *dx.stride(), WIDTH=width, BLOCK_D=BLOCK_D,
-                                  BLOCK_L=BLOCK_L)
+                                  BLOCK_L=BLOCK_L, **LAUNCH_OPTIONS)
         dinit = None
         if init is not None:
             # Initial-state position j is read by tap k of output t = j - k.
@@ -245,5 +248,5 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
     block = min(256, triton.next_power_of_2(dim))
     _conv_update_kernel[(batch, triton.cdiv(dim, block))](
         x, conv_state, weight, bias, y, dim, *x.stride(), *conv_state.stride(),
-        WIDTH=width, HAS_BIAS=bias is not None, SILU=activation == "silu", BLOCK_D=block)
+        WIDTH=width, HAS_BIAS=bias is not None, SILU=activation == "silu", BLOCK_D=block, **LAUNCH_OPTIONS)
     return y

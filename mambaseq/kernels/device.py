@@ -6,6 +6,10 @@ import functools
 
 import torch
 
+# Every launch asks for fused multiply-adds: the kernels were tuned and their tolerances set with
+# them, and Triton 3.10 stops fusing by default (3.9 warns once per process when this is left unset).
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+
 
 @functools.cache
 def sm_count(device: torch.device) -> int:

@@ -13,6 +13,8 @@ import torch
 import triton
 from torch import Tensor
 
+from .device import LAUNCH_OPTIONS
+
 _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -46,7 +48,7 @@ def compile_kernel(kernel: Any, args: list, constexprs: dict, *, num_warps: int,
     signature |= dict.fromkeys(constexprs, "constexpr")
     source = ASTSource(kernel, {n: signature[n] for n in kernel.arg_names}, constants, attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=num_warps, num_stages=1, **options))
+                          options={"num_warps": num_warps, "num_stages": 1, **LAUNCH_OPTIONS, **options})
 
 
 def ptxas_usage(ptx: str, arch: int) -> dict[str, int | None]:

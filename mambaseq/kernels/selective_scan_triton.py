@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import sm_count
+from .device import LAUNCH_OPTIONS, sm_count
 
 
 @triton.jit
@@ -513,7 +513,8 @@ class _Plan:
 
 def _launch_options(tile: dict) -> dict:
     # maxnreg only where set: a launch option older Triton builds may not know.
-    return {"num_warps": tile["num_warps"], **({"maxnreg": tile["maxnreg"]} if tile.get("maxnreg") else {})}
+    return {"num_warps": tile["num_warps"], **({"maxnreg": tile["maxnreg"]} if tile.get("maxnreg") else {}),
+            **LAUNCH_OPTIONS}
 
 
 def _states(plan: _Plan, n: int, like: Tensor) -> Tensor:
@@ -530,7 +531,7 @@ def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h
         *(_strides3(y) if y is not None else (0, 0, 0)), *_bc_strides(B), *_bc_strides(C),
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
         WRITE_Y=write_y, SAVE_SEGS=segs is not None, SEG=plan.seg, SUM_DELTA=sum_delta, LOAD_H=h_in is not None,
-        BLOCK_L=plan.fwd["block_l"], **plan.meta(plan.fwd))
+        BLOCK_L=plan.fwd["block_l"], **plan.meta(plan.fwd), **LAUNCH_OPTIONS)
 
 
 def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0, save: bool):
@@ -548,7 +549,7 @@ def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0
         starts = _states(plan, plan.n_chunks, u)
         _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
             A, dsum, local, starts, h0, final, plan.n_chunks, plan.dim,
-            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False, HAS_H0=h0 is not None)
+            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False, HAS_H0=h0 is not None, **LAUNCH_OPTIONS)
     ends = _states(plan, plan.n_chunks, u)
     segs = _states(plan, plan.n_segs, u) if save else None
     _fwd_launch(plan, *inputs, y, starts, ends, segs, dsum, write_y=True, sum_delta=plan.n_chunks == 1)
@@ -612,7 +613,7 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
         carry = _states(plan, plan.n_chunks, u)
         _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
             A, dsum, gloc, carry, dfinal, dh0, plan.n_chunks, plan.dim,
-            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True, HAS_H0=dfinal is not None)
+            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True, HAS_H0=dfinal is not None, **LAUNCH_OPTIONS)
     launch(carry, False)
     dA = parts.sum(dim=(0, 1))
     dD = dD_part.sum(dim=(0, 1)) if D is not None else None

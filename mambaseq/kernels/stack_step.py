@@ -66,7 +66,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import sm_count
+from .device import LAUNCH_OPTIONS, sm_count
 from .stack_weights import StackWeights
 
 BLOCK_B_ENV = "MAMBASEQ_STACK_BLOCK_B"  # rows per program, to tune without code changes
@@ -470,7 +470,7 @@ def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor
     # No software pipelining (num_stages=1): a prefetch must never move a load across a barrier.
     programs = triton.cdiv(batch, block_b)
     num_warps = num_warps or _num_warps(programs, residual.device)
-    _stack_step_kernel[(programs,)](*args, **constexprs, num_warps=num_warps, num_stages=1)
+    _stack_step_kernel[(programs,)](*args, **constexprs, num_warps=num_warps, num_stages=1, **LAUNCH_OPTIONS)
     return out[0]
 
 
