@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .kernels import sample_token
 from .models import InferenceCache, MambaLM
 from .models.cache import get_slot, set_slot, tensor_slots
 
@@ -45,7 +46,8 @@ def sample_next(logits: Tensor, config: SamplingConfig, generator: torch.Generat
     Without `noise`, draws with torch.multinomial (which waits for the device on CUDA). With
     `noise`, (batch, vocab) independent Exp(1) draws (> 0), it is the exponential race instead:
     argmax_i p_i / E_i is distributed as Categorical(p), since E_i / p_i ~ Exp(rate p_i) and the
-    smallest of independent exponentials is i with probability p_i / sum(p). Same distribution, but
+    smallest of independent exponentials is i with probability p_i / sum(p); taken in log space,
+    argmax_i logits_i / temperature - log E_i (the softmax's normaliser changes no argmax). Same distribution, but
     no host synchronisation and no hidden RNG, so it can run inside a CUDA graph.
     """
     if config.temperature == 0:
@@ -60,10 +62,9 @@ def sample_next(logits: Tensor, config: SamplingConfig, generator: torch.Generat
         # Drop a token when the tokens ranked above it already hold top_p of the mass.
         drop = probs.cumsum(-1) - probs >= config.top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(logits, dim=-1)
-    if noise is not None:
-        return (probs / noise).argmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if noise is not None:  # in log space, as kernels.sample_token races: no probability underflows to 0
+        return (logits - noise.log()).argmax(-1)
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
@@ -222,14 +223,18 @@ class _ChunkSampler:
         consumed every token written. No host synchronisation: positions are Python ints and the
         tensors never leave the device.
         """
+        plain = self.sampling.top_k == 0 and self.sampling.top_p == 1.0
         for j in range(steps):
             logits = self.logits[:, : self.vocab_limit]
             noise = None if self.noise is None else self.noise[j]
-            token = sample_next(logits, self.sampling, noise=noise)
-            # The model's own log-likelihood: temperature 1, no filtering.
-            log_p = torch.log_softmax(logits.float(), dim=-1).gather(1, token[:, None])[:, 0]
-            self.log_likelihood.add_(log_p)
-            self.tokens[:, j].copy_(token)
+            if plain:  # one fused op on CUDA: draw, score and record (kernels.sample_token)
+                token = sample_token(logits, noise, self.sampling.temperature, self.tokens[:, j], self.log_likelihood)
+            else:
+                token = sample_next(logits, self.sampling, noise=noise)
+                # The model's own log-likelihood: temperature 1, no filtering.
+                log_p = torch.log_softmax(logits.float(), dim=-1).gather(1, token[:, None])[:, 0]
+                self.log_likelihood.add_(log_p)
+                self.tokens[:, j].copy_(token)
             self.logits.copy_(self.model.step(token, self.cache))
             self._pin()
 

@@ -18,6 +18,10 @@ Tensor layout, the same for every backend (see `reference.py` for the full contr
         one position through a whole stack of Mamba blocks (RMSNorm) in one call: residual
         (batch, d_model); weights: StackWeights; conv_state (n_layer, batch, dim, width - 1) and
         ssm_state (n_layer, batch, dim, d_state) fp32 updated in place.
+    sample_token(logits, noise, temperature, tokens, log_likelihood) -> tokens
+        one sample per row (exponential race with Exp(1) noise; greedy without) written into
+        tokens (batch,) int64, its log-probability at temperature 1 added to log_likelihood
+        (batch,) float64; logits, noise: (batch, vocab).
 
 Backend choice: CUDA tensors take the Triton kernel of an op when one is registered, everything
 else the PyTorch reference. `MAMBASEQ_KERNELS=reference|triton` forces one (`auto`, the default,
@@ -36,7 +40,8 @@ import torch
 from . import reference
 from .stack_weights import StackWeights
 
-OPS = ("selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "mamba_stack_step")
+OPS = ("selective_scan", "causal_conv1d", "causal_conv1d_update", "selective_state_update", "mamba_stack_step",
+       "sample_token")
 ENV_VAR = "MAMBASEQ_KERNELS"
 CHOICES = ("auto", "reference", "triton")
 
@@ -48,6 +53,7 @@ _REFERENCE: dict[str, Callable[..., Any]] = {
     "causal_conv1d_update": reference.causal_conv1d_update_ref,
     "selective_state_update": reference.selective_state_update_ref,
     "mamba_stack_step": reference.mamba_stack_step_ref,
+    "sample_token": reference.sample_token_ref,
 }
 
 # Triton fast paths: op -> module of this package that defines a function of the op's name.
@@ -59,6 +65,7 @@ _TRITON_MODULES: dict[str, str] = {
     "causal_conv1d_update": "conv1d",
     "selective_state_update": "state_update",
     "mamba_stack_step": "stack_step",
+    "sample_token": "token_sampler",
 }
 _TRITON: dict[str, Callable[..., Any]] = {}
 
@@ -151,6 +158,10 @@ def mamba_stack_step(residual, weights, conv_state, ssm_state):
     return _dispatch("mamba_stack_step", residual.device)(residual, weights, conv_state, ssm_state)
 
 
+def sample_token(logits, noise, temperature, tokens, log_likelihood):
+    return _dispatch("sample_token", logits.device)(logits, noise, temperature, tokens, log_likelihood)
+
+
 for _op in OPS:
     globals()[_op].__doc__ = _REFERENCE[_op].__doc__
 
@@ -166,6 +177,7 @@ __all__ = [
     "causal_conv1d_update",
     "mamba_stack_step",
     "requested_backend",
+    "sample_token",
     "selective_scan",
     "selective_state_update",
     "triton_version",

@@ -467,3 +467,26 @@ def mamba_stack_step_ref(residual: Tensor, weights: StackWeights, conv_state: Te
                                        dt_softplus=True)
         residual = residual + F.linear(y, w.out_proj_weight[l], at(w.out_proj_bias, l))
     return residual
+
+
+def sample_token_ref(logits: Tensor, noise: Tensor | None, temperature: float, tokens: Tensor,
+                     log_likelihood: Tensor) -> Tensor:
+    """One sample per row from `logits` at `temperature`, written into `tokens`, and the model's own
+    log-probability of it (temperature 1, no filtering) added to `log_likelihood`.
+
+        logits: (batch, vocab) float; noise: (batch, vocab) fp32 Exp(1) draws (> 0), or None;
+        tokens: (batch,) int64, written (may be a strided view); log_likelihood: (batch,) float64,
+        updated in place. Returns tokens.
+
+    With noise, the exponential race in log space: argmax_i logits_i / temperature - log(E_i) picks i
+    with probability softmax(logits / temperature)_i. Temperature 0 (or no noise) is greedy: the
+    first argmax of logits.
+    """
+    x = logits.float()
+    if temperature == 0 or noise is None:
+        token = x.argmax(-1)
+    else:
+        token = (x / temperature - noise.log()).argmax(-1)
+    log_likelihood.add_(torch.log_softmax(x, dim=-1).gather(1, token[:, None])[:, 0])
+    tokens.copy_(token)
+    return tokens
