@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 
@@ -11,3 +14,32 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if not torch.isfinite(out).all():
         return float("inf")
     return ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+
+
+def script_validation(monkeypatch: pytest.MonkeyPatch, module_cls: type, metric: str,
+                      script: dict[int, float]) -> None:
+    """Make `module_cls`'s validation report `script[step]` as `metric` in place of its own figure, so a
+    test knows in advance which validation is the best."""
+    original = module_cls.on_validation_epoch_end
+
+    def scripted(self) -> None:
+        log = self.log
+        self.log = lambda name, value, **kwargs: log(
+            name, script[self.trainer.global_step] if name == metric else value, **kwargs)
+        try:
+            original(self)
+        finally:
+            del self.log
+
+    monkeypatch.setattr(module_cls, "on_validation_epoch_end", scripted)
+
+
+def exports_checkpoint(model_dir: str | Path, checkpoint: str | Path) -> bool:
+    """Whether the weights in `model_dir` are exactly the module weights of a Lightning checkpoint."""
+    from safetensors.torch import load_file
+
+    from mambaseq.training.checkpoint_io import AtomicCheckpointIO
+
+    exported = load_file(Path(model_dir) / "model.safetensors")
+    saved = AtomicCheckpointIO().load_checkpoint(checkpoint)["state_dict"]
+    return all(torch.equal(value, saved[f"model.{name}"]) for name, value in exported.items())

@@ -187,8 +187,8 @@ def _describe_model(directory: str, as_json: bool) -> None:
     if isinstance(metadata.get("codec"), dict):
         rows["audio"] = (f"{metadata.get('sample_rate', '?')} Hz, {metadata['codec'].get('name')} "
                          f"{metadata['codec'].get('bits')} bits")
-    for key in ("classes", "seq_len", "steps", "valid_bits_per_base", "valid_bits_per_sample", "valid_accuracy",
-                "test_accuracy"):
+    for key in ("classes", "seq_len", "steps", "trained_steps", "valid_bits_per_base", "valid_bits_per_sample",
+                "valid_accuracy", "test_accuracy"):
         if key in metadata:
             value = metadata[key]
             rows[key] = ", ".join(value) if isinstance(value, list) else f"{value:.4f}" \
@@ -273,6 +273,15 @@ def _train(command: str, run: Callable[[Callable[[str], None]], Any]) -> Any:
     return result if is_global_zero() else None
 
 
+def _exported(result: Any, label: str, value: float, more: str = "") -> str:
+    """A training command's closing line: the validation `label` (bits/base, ...) of the exported
+    weights, `more` figures of them, and which step they are from when not the last."""
+    if result.exported_step == result.steps:
+        return f"validation {label}: {value:.4f}{more} after {result.steps} steps"
+    return (f"exported the best weights: step {result.exported_step} of {result.steps} "
+            f"(validation {label}: {value:.4f}){more}")
+
+
 @train_app.command("dna")
 def train_dna_command(
     fasta: list[str] = typer.Option(None, "--fasta", help="FASTA files (plain, .gz or bgzip); default: the bundled "
@@ -309,7 +318,7 @@ def train_dna_command(
                     lambda log: train_dna(DnaTrainConfig.from_recipe(recipe, **overrides), log=log))
     if result is None:
         return
-    typer.echo(f"validation bits/base: {result.valid_bits_per_base:.4f} after {result.steps} steps")
+    typer.echo(_exported(result, "bits/base", result.valid_bits_per_base))
     typer.echo(f"model saved to: {result.model_dir}")
 
 
@@ -361,7 +370,7 @@ def train_audio_command(
         result = _train("mambaseq train audio", run)
     if result is None:
         return
-    typer.echo(f"validation bits/sample: {result.valid_bits_per_sample:.4f} after {result.steps} steps")
+    typer.echo(_exported(result, "bits/sample", result.valid_bits_per_sample))
     typer.echo(f"model saved to: {result.model_dir}")
 
 
@@ -595,8 +604,8 @@ def classify_train_command(
                     lambda log: train_classifier(ClassifyConfig.from_recipe(recipe, **overrides), log=log))
     if result is None:
         return
-    typer.echo(f"validation accuracy: {result.valid_accuracy:.4f}; test accuracy: {result.test['accuracy']:.4f} "
-               f"({result.test['windows']} windows) after {result.steps} steps")
+    typer.echo(_exported(result, "accuracy", result.valid_accuracy,
+                         f"; test accuracy: {result.test['accuracy']:.4f} ({result.test['windows']} windows)"))
     typer.echo(f"test report: {result.run_dir / 'test'}")
     typer.echo(f"model saved to: {result.model_dir}")
 

@@ -1,8 +1,9 @@
 """What every training command shares: the recipe fields, and one Lightning run built from them
-(step-based validation, atomic checkpoints keeping the last k plus last.ckpt for --resume, per-step
-seeding so a resumed run matches an uninterrupted one, a guard against NaN/inf losses and gradients,
-CSV and TensorBoard logs, a Rich progress bar), on one device or several (devices x num_nodes ranks,
-the global batch shared out between ranks and accumulated micro-steps, see StepStream).
+(step-based validation, atomic checkpoints keeping the last k plus last.ckpt for --resume and
+best.ckpt, the best validation's weights, for the export; optional early stopping; per-step seeding
+so a resumed run matches an uninterrupted one, a guard against NaN/inf losses and gradients, CSV and
+TensorBoard logs, a Rich progress bar), on one device or several (devices x num_nodes ranks, the
+global batch shared out between ranks and accumulated micro-steps, see StepStream).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
@@ -33,6 +36,9 @@ from .optim import mark_weight_decay
 # (or joins the processes torchrun or SLURM started); spawn-based strategies are left out: they pickle
 # the module and data streams, whose step callbacks are closures.
 STRATEGIES = ("auto", "ddp", "fsdp")
+
+# Which way a validation metric improves: "min" (bits) or "max" (accuracy).
+METRIC_MODES = ("min", "max")
 
 
 @dataclass
@@ -79,6 +85,11 @@ class TrainRecipe(Recipe):
     val_every: int = 100
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    # Export the weights of the validation with the best metric (checkpoints/best.ckpt; a tie goes to the
+    # later step) rather than the last ones.
+    export_best: bool = True
+    # Stop after this many validations in a row without an improvement of the metric; None: never.
+    early_stop_patience: int | None = None
     precision: str = "auto"  # bf16-mixed on GPU, 32-true on CPU
     accelerator: str = "auto"
     # Per machine: a count, -1 or "auto" (all), or GPU ids such as "0,1". One unless asked: several
@@ -152,14 +163,25 @@ class TrainRecipe(Recipe):
             length *= 2
         return micro, accumulate
 
-    def trainer(self, run_dir: Path) -> L.Trainer:
+    def trainer(self, run_dir: Path, metric: str, mode: str = "min") -> L.Trainer:
+        """The Lightning Trainer of a run in `run_dir` that validates (keeps the best weights, stops
+        early) by `metric`, which improves downwards (mode "min") or upwards ("max")."""
         self.check_distributed()
-        checkpoints = L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+        if mode not in METRIC_MODES:
+            raise ValueError(f"mode must be one of {', '.join(METRIC_MODES)}, got {mode!r}")
+        validate_every = min(self.val_every, self.max_steps)
+        # The best before the steps: Lightning keeps the order of checkpoint callbacks, and last.ckpt,
+        # written after a validation, must hold the best that validation found.
+        checkpoints = [BestCheckpoint(run_dir / "checkpoints", metric, mode)] if self.export_best else []
+        checkpoints.append(StepCheckpoints(
+            validate_every, dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
             every_n_train_steps=self.checkpoint_every, save_top_k=self.keep_checkpoints, monitor="step", mode="max",
-            save_last=True)
-        callbacks = [checkpoints, L.pytorch.callbacks.LearningRateMonitor("step"), StepSeed(self.seed),
+            save_last=True))
+        callbacks = [*checkpoints, L.pytorch.callbacks.LearningRateMonitor("step"), StepSeed(self.seed),
                      NonFiniteGuard(self.on_nonfinite)]
+        if self.early_stop_patience is not None:
+            callbacks.append(EarlyStopping(metric, mode=mode, patience=self.early_stop_patience,
+                                           check_on_train_epoch_end=False))
         sharded = self.strategy == "fsdp"
         if sharded and self.grad_clip:
             callbacks.append(ShardedClip(self.grad_clip))
@@ -169,7 +191,7 @@ class TrainRecipe(Recipe):
         if importlib.util.find_spec("tensorboardX") or importlib.util.find_spec("tensorboard"):
             loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=""))
         trainer = L.Trainer(
-            max_steps=self.max_steps, val_check_interval=min(self.val_every, self.max_steps),
+            max_steps=self.max_steps, val_check_interval=validate_every,
             max_time=None if self.max_minutes is None else timedelta(minutes=self.max_minutes),
             check_val_every_n_epoch=None, precision=resolve_precision(self.precision, self.accelerator),
             accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes, strategy=self.strategy,
@@ -188,28 +210,36 @@ class TrainRecipe(Recipe):
         # intervals in batches (micro-steps), hence the product.
         _, accumulate = self.split_batch(trainer.world_size)
         trainer.accumulate_grad_batches = accumulate
-        trainer.val_check_interval = min(self.val_every, self.max_steps) * accumulate
+        trainer.val_check_interval = validate_every * accumulate
         return trainer
 
     def fit(self, module: L.LightningModule, train_data: StepStream, valid_data: Dataset,
-            valid_batch_size: int | None, metric: str) -> tuple[L.Trainer, float]:
+            valid_batch_size: int | None, metric: str, mode: str = "min") -> Fitted:
         """Train `module` in the run folder `out` (train_config.json written there; resumed from
-        last.ckpt when `resume`), then return the trainer and the validation `metric` at the last step
-        (one more validation pass when the last step was not a validation step).
+        last.ckpt when `resume`), and leave in it the weights to export: with `export_best`, those of
+        the validation with the best `metric` (lowest for mode "min", highest for "max"; a tie goes to
+        the later step), else the last ones. Returns the trainer, and the step those weights come
+        from with their validation `metric` (one more validation pass when the last step was not a
+        validation step).
 
-        On several ranks every rank calls this and gets the same metric (reduced over ranks); files
-        in the run folder are written by rank 0 only (`trainer.is_global_zero`). `valid_batch_size` is
-        per rank; None: the training rows per rank and micro-step (batch_size on one device).
+        On several ranks every rank calls this and gets the same step and metric (reduced over
+        ranks); rank 0's module holds the weights to export, and files in the run folder are written
+        by rank 0 only (`trainer.is_global_zero`). `valid_batch_size` is per rank; None: the training
+        rows per rank and micro-step (batch_size on one device).
         """
         if self.on_nonfinite not in NONFINITE_MODES:
             raise self.input_error(f"on_nonfinite must be one of {', '.join(NONFINITE_MODES)}, "
                                    f"got {self.on_nonfinite!r}")
+        patience = self.early_stop_patience
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise self.input_error(f"early_stop_patience must be a positive integer (validations) or null, "
+                                   f"got {patience!r}")
         run_dir = Path(self.out)
         run_dir.mkdir(parents=True, exist_ok=True)
         last = run_dir / "checkpoints" / "last.ckpt"
         if self.resume and not last.exists():
             raise self.input_error(f"--resume: no checkpoint at {last}")
-        trainer = self.trainer(run_dir)
+        trainer = self.trainer(run_dir, metric, mode)
         micro, accumulate = self.split_batch(trainer.world_size)
         if trainer.is_global_zero:
             resolved = {"world_size": trainer.world_size, "accumulate_grad_batches": accumulate}
@@ -247,7 +277,141 @@ class TrainRecipe(Recipe):
             value = trainer.callback_metrics[metric]
             if full_weights is not None:  # validate wrapped (and so sharded) the module again
                 full_weights.restore(module)
-        return trainer, float(value)
+        best = next((c for c in trainer.checkpoint_callbacks if isinstance(c, BestCheckpoint)), None)
+        if best is None or not best.beats(float(value)):
+            return Fitted(trainer, trainer.global_step, float(value))
+        # Rank 0 alone exports, and alone surely sees the file (checkpoints need no shared filesystem
+        # unless a run resumes); best.ckpt holds whole weights under FSDP too (Lightning's "full" state).
+        if trainer.is_global_zero:
+            module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best.path)["state_dict"])
+        return Fitted(trainer, best.best_step, float(best.best_model_score))
+
+
+@dataclass
+class Fitted:
+    """What `TrainRecipe.fit` returns: the trainer, and the step and validation metric of the weights
+    the module holds (to export)."""
+
+    trainer: L.Trainer
+    step: int
+    metric: float
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps the run trained (the exported weights may be of an earlier step)."""
+        return self.trainer.global_step
+
+    def metadata(self) -> dict[str, int]:
+        """The model folder's record of the exported weights' step (and of the run's, where later)."""
+        return {"steps": self.step, **({"trained_steps": self.steps} if self.steps != self.step else {})}
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """checkpoints/best.ckpt: a full checkpoint (written atomically, as the others) of the validation
+    with the best `metric` so far, and in its state the step it is from. A tie goes to the later
+    step: the same score from weights trained longer."""
+
+    def __init__(self, dirpath: Path, metric: str, mode: str) -> None:
+        # Saved when a validation ends, never at an epoch end (a run is one endless epoch); one file,
+        # overwritten in place, so no version counter.
+        super().__init__(dirpath=dirpath, filename="best", monitor=metric, mode=mode, save_top_k=1,
+                         save_on_train_epoch_end=False, enable_version_counter=False)
+        self.best_step: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dirpath) / f"best{self.FILE_EXTENSION}"
+
+    def beats(self, value: float) -> bool:
+        """Whether the kept best is strictly better than `value` (ties go to the later, `value`'s, step)."""
+        if self.best_model_score is None or math.isnan(value):
+            return self.best_model_score is not None
+        best = float(self.best_model_score)
+        return best < value if self.mode == "min" else best > value
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        # Lightning keeps the first of equal scores; we keep the later one.
+        better = current is not None and not torch.isnan(current) and (
+            self.best_model_score is None or not self.beats(float(current)))
+        return trainer.strategy.reduce_boolean_decision(bool(better))
+
+    def _update_best_and_save(self, current: torch.Tensor, trainer: L.Trainer,
+                              monitor_candidates: dict[str, torch.Tensor]) -> None:
+        self.best_step = trainer.global_step  # before the save: the file's own state names its step
+        super()._update_best_and_save(current, trainer, monitor_candidates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best_step = state_dict.get("best_step")
+        if self.best_step is None:
+            return
+        # The state is last.ckpt's, but best.ckpt can be newer: a validation after that checkpoint, in
+        # the run that crashed, found a better score and overwrote it. The resumed run replays those
+        # steps; where the replay is not bit-exact (GPUs) it need not find that score again, and the
+        # weights best.ckpt holds are validated weights all the same: they stay the best, with their own
+        # score and step, read from the file (which also follows a run folder that was moved).
+        own = None
+        if self.path.exists():
+            saved = AtomicCheckpointIO().load_checkpoint(self.path)
+            own = saved.get("callbacks", {}).get(self.state_key)
+        if own is None or own.get("best_step") is None:
+            rank_zero_warn(f"{self.path} is gone (or holds no best): best weights are kept again from the "
+                           "next validation on")
+            self.best_step, self.best_model_score, self.best_model_path = None, None, ""
+            self.best_k_models, self.kth_best_model_path = {}, ""
+            return
+        path, score = str(self.path), own["best_model_score"]
+        self.best_step, self.best_model_score, self.best_model_path = own["best_step"], score, path
+        self.best_k_models, self.kth_best_model_path, self.kth_value = {path: score}, path, score
+
+
+class StepCheckpoints(ModelCheckpoint):
+    """stepNNNNNNN.ckpt every `every_n_train_steps` steps (the last `save_top_k` kept) and last.ckpt.
+    A step that is also validated is saved after its validation: a resumed run does not validate that
+    step again, so the checkpoint must hold what the validation changed (the best weights' step and
+    score, early stopping's count)."""
+
+    def __init__(self, validate_every: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validate_every = validate_every
+        self._after_validation = False
+
+    @property
+    def state_key(self) -> str:
+        # A plain ModelCheckpoint's key: last.ckpt files written before this class resume with their
+        # list of step files (the ones to delete later).
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        # should_stop here is a time limit (Lightning's Timer runs before checkpoint callbacks), and
+        # Lightning validates the batch a run stops at.
+        validates = step % self.validate_every == 0 or trainer.should_stop
+        if (validates and self._every_n_train_steps and step % self._every_n_train_steps == 0
+                and not self._should_skip_saving_checkpoint(trainer)):
+            self._after_validation = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_after_validation(trainer)
+        super().on_validation_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_after_validation(trainer)  # in case the validation it waited for never came
+        super().on_train_end(trainer, pl_module)
+
+    def _save_after_validation(self, trainer: L.Trainer) -> None:
+        if self._after_validation:
+            self._after_validation = False
+            if not self._should_skip_saving_checkpoint(trainer):
+                candidates = self._monitor_candidates(trainer)
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
 
 
 class Shard(L.Callback):

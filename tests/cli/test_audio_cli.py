@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import exports_checkpoint, script_validation
 
 from mambaseq import MambaConfig, MambaLM
 from mambaseq.checkpoint import read_model_dir, save_pretrained
 from mambaseq.cli.main import main
+from mambaseq.training.audio_module import AudioLMModule
 
 FAST = ["--seq-len", "128", "--batch-size", "2", "--max-steps", "2", "--set", "val_every=2",
         "--set", "checkpoint_every=2", "--set", "progress=false", "--set", "sample_rate=8000",
@@ -48,6 +50,17 @@ def test_train_prints_bits_per_sample_and_the_model_folder(tmp_path, clips, caps
     printed = capsys.readouterr().out
     assert "validation bits/sample:" in printed and f"model saved to: {out / 'model'}" in printed
     assert read_model_dir(out / "model")["metadata"]["task"] == "audio-lm"
+
+
+def test_train_exports_the_weights_of_the_best_validation(tmp_path, clips, capsys, monkeypatch):
+    script_validation(monkeypatch, AudioLMModule, "val/bits_per_sample", {2: 3.5, 4: 4.5})
+    out, args = tmp_path / "run", list(FAST)
+    args[args.index("--max-steps") + 1] = "4"  # validations at steps 2 and 4; step 2 scores best
+    assert main(["train", "audio", "--data", str(clips), "--out", str(out), *args]) == 0
+    assert "exported the best weights: step 2 of 4 (validation bits/sample: 3.5000)\n" in capsys.readouterr().out
+    metadata = read_model_dir(out / "model")["metadata"]
+    assert (metadata["steps"], metadata["trained_steps"], metadata["valid_bits_per_sample"]) == (2, 4, 3.5)
+    assert exports_checkpoint(out / "model", out / "checkpoints" / "step0000002.ckpt")
 
 
 def test_eval_json_reports_the_test_split(run, capsys):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import exports_checkpoint
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -34,10 +35,22 @@ from mambaseq.training.data import EvenSplit, StepStream
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
 
+# With SCRIPT in the environment ({step: bits}), validation reports those bits/base (on every rank), so
+# a test knows which step is the best (helpers.script_validation).
+SCRIPTED = """
+import json, os, sys
+if os.environ.get("SCRIPT"):
+    import pytest
+    sys.path.insert(0, os.environ["TESTS"])
+    from helpers import script_validation
+    from mambaseq.training.lm_module import CausalLMModule
+    script = {int(step): bits for step, bits in json.loads(os.environ["SCRIPT"]).items()}
+    script_validation(pytest.MonkeyPatch(), CausalLMModule, "val/bits_per_base", script)
+"""
+
 # train_dna in a script file: Lightning's ddp launcher starts rank 1 by running the same command again.
 # Every checkpoint write is recorded (rank, file name) to show that only rank 0 writes.
-DDP_RUN = """
-import json, os, sys
+DDP_RUN = SCRIPTED + """
 from mambaseq.tasks.dna.train import DnaTrainConfig, train_dna
 from mambaseq.training.checkpoint_io import AtomicCheckpointIO
 write = AtomicCheckpointIO.save_checkpoint
@@ -48,13 +61,17 @@ def recorded(self, checkpoint, path, storage_options=None):
 AtomicCheckpointIO.save_checkpoint = recorded
 result = train_dna(DnaTrainConfig.from_recipe("tiny-cpu", **json.loads(sys.argv[1])))
 print("rank", os.environ.get("LOCAL_RANK", "0"), "returned", result.steps, flush=True)
+print("exported by rank", os.environ.get("LOCAL_RANK", "0"), result.exported_step, result.valid_bits_per_base,
+      flush=True)
 """
 
 
-def env() -> dict[str, str]:
+def env(script: dict[int, float] | None = None) -> dict[str, str]:
+    """The environment of a run in a child process; `script`: its validation figures (SCRIPTED)."""
     # ROOT first; packages installed with --target (the GPU machine's) stay reachable after it.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    scripted = {"SCRIPT": json.dumps(script), "TESTS": str(ROOT / "tests")} if script else {}
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **scripted}
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -131,6 +148,22 @@ def test_two_processes_match_one_process(fields, one_process, tmp_path):
     assert {**got["metadata"], "valid_bits_per_base": 0} == {**want["metadata"], "valid_bits_per_base": 0}
     resolved = json.loads((out / "train_config.json").read_text())
     assert resolved["world_size"] == 2 and resolved["accumulate_grad_batches"] == 1
+
+
+def test_two_processes_export_the_best_validation(fields, tmp_path):
+    # Validations at steps 4 and 8; step 4 scores best. Rank 0 exports it; both ranks report it.
+    out, script = tmp_path / "two", tmp_path / "ddp_run.py"
+    script.write_text(DDP_RUN)
+    done = subprocess.run([sys.executable, str(script), json.dumps({**fields, "out": str(out), "devices": 2,
+                                                                    "strategy": "ddp"})],
+                          env={**env({4: 1.5, 8: 2.5}), "WRITES_LOG": str(tmp_path / "writes.log")}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("exported")) == [
+        "exported by rank 0 4 1.5", "exported by rank 1 4 1.5"]
+    metadata = read_model_dir(out / "model")["metadata"]
+    assert (metadata["steps"], metadata["trained_steps"], metadata["valid_bits_per_base"]) == (4, 8, 1.5)
+    assert exports_checkpoint(out / "model", out / "checkpoints" / "step0000004.ckpt")
 
 
 def test_accumulated_micro_batches_match_the_whole_batch(fields, one_process, tmp_path):

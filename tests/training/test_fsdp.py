@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import exports_checkpoint, script_validation
 from safetensors.torch import load_file
 
 from mambaseq.checkpoint import read_model_dir
 from mambaseq.tasks.dna.train import DnaTrainConfig, train_dna
+from mambaseq.training.lm_module import CausalLMModule
 
-from .test_distributed import env, rel, step_losses
+from .test_distributed import SCRIPTED, env, rel, step_losses
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")]
@@ -33,8 +35,7 @@ TOLERANCE = 1e-4
 
 # Lightning's launcher starts rank 1 by running the same command again, so the run lives in a script.
 # CRASH_AT_STEP makes the run die while reading that step's batch, after the checkpoint before it.
-FSDP_RUN = """
-import json, os, sys
+FSDP_RUN = SCRIPTED + """
 from mambaseq.tasks.dna.train import DnaTrainConfig, train_dna
 from mambaseq.tasks.dna.windows import TrainBatches
 crash_at = int(os.environ.get("CRASH_AT_STEP", -1))
@@ -68,12 +69,14 @@ def one_gpu(fields, tmp_path_factory) -> Path:
     return out
 
 
-def run_fsdp(fields: dict, tmp_path: Path, crash_at_step: int = -1, **extra) -> subprocess.CompletedProcess:
-    script = tmp_path / "fsdp_run.py"
-    script.write_text(FSDP_RUN)
+def run_fsdp(fields: dict, tmp_path: Path, crash_at_step: int = -1, script: dict[int, float] | None = None,
+             **extra) -> subprocess.CompletedProcess:
+    program = tmp_path / "fsdp_run.py"
+    program.write_text(FSDP_RUN)
     config = json.dumps({**fields, "devices": 2, "strategy": "fsdp", **extra})
-    return subprocess.run([sys.executable, str(script), config], env={**env(), "CRASH_AT_STEP": str(crash_at_step)},
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(program), config],
+                          env={**env(script), "CRASH_AT_STEP": str(crash_at_step)}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
 
 
 def assert_same_weights(run: Path, reference: Path) -> None:
@@ -108,3 +111,20 @@ def test_fsdp_run_resumes_from_its_checkpoint(fields, one_gpu, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert sorted(step_losses(out)) == list(range(8))
     assert_same_weights(out, one_gpu)
+
+
+def test_fsdp_exports_the_best_validation_as_one_gpu_does(fields, tmp_path, monkeypatch):
+    # Validations at steps 4 and 8; step 4 scores best: its whole weights (best.ckpt, gathered on rank 0)
+    # are exported, as on one GPU.
+    script = {4: 1.5, 8: 2.5}
+    script_validation(monkeypatch, CausalLMModule, "val/bits_per_base", script)
+    one = tmp_path / "one"
+    train_dna(DnaTrainConfig.from_recipe("tiny-cpu", out=str(one), **fields))
+    out = tmp_path / "fsdp"
+    done = run_fsdp(fields, tmp_path, script=script, out=str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run in (one, out):
+        metadata = read_model_dir(run / "model")["metadata"]
+        assert (metadata["steps"], metadata["trained_steps"], metadata["valid_bits_per_base"]) == (4, 8, 1.5)
+        assert exports_checkpoint(run / "model", run / "checkpoints" / "step0000004.ckpt")
+    assert_same_weights(out, one)

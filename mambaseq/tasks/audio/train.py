@@ -149,12 +149,13 @@ def load_data(cfg: AudioTrainConfig, on_file: Callable[[int], None] | None = Non
 
 @dataclass
 class AudioTrainResult:
-    valid_bits_per_sample: float
+    valid_bits_per_sample: float  # of the exported weights
     model_dir: Path
     run_dir: Path
-    steps: int
+    steps: int  # steps trained
     corpus: CorpusSummary
     files: dict[str, int]  # files per split (skipped files not counted)
+    exported_step: int  # the step the exported weights are from (the best validation's, or the last)
 
 
 def train_audio(cfg: AudioTrainConfig, log: Callable[[str], None] | None = None,
@@ -193,17 +194,18 @@ def train_audio(cfg: AudioTrainConfig, log: Callable[[str], None] | None = None,
     if log is not None and is_global_zero():
         log(f"{describe(cfg)}; {len(valid)} validation windows")
     eval_batch = cfg.eval_batch_size or cfg.batch_size
-    trainer, bits = cfg.fit(module, train_batches, valid, eval_batch, "val/bits_per_sample")
+    fitted = cfg.fit(module, train_batches, valid, eval_batch, "val/bits_per_sample")
     run_dir = Path(cfg.out)
     files = {part: len(idx) for part, idx in used.items()}
-    if not trainer.is_global_zero:
-        return AudioTrainResult(bits, run_dir / "model", run_dir, trainer.global_step, data.summary, files)
+    if not fitted.trainer.is_global_zero:
+        return AudioTrainResult(fitted.metric, run_dir / "model", run_dir, fitted.steps, data.summary, files,
+                                fitted.step)
     metadata = audio_metadata(
         cfg.sample_rate, corpus.codec, seq_len=cfg.seq_len, data=data_reference(cfg.data),
         split=split_metadata(cfg, data.group_pattern, files), eval_windows=cfg.eval_windows, model_preset=cfg.model,
-        steps=trainer.global_step, valid_bits_per_sample=bits)
+        **fitted.metadata(), valid_bits_per_sample=fitted.metric)
     model_dir = save_pretrained(module.model.cpu(), run_dir / "model", metadata=metadata)
-    return AudioTrainResult(bits, model_dir, run_dir, trainer.global_step, data.summary, files)
+    return AudioTrainResult(fitted.metric, model_dir, run_dir, fitted.steps, data.summary, files, fitted.step)
 
 
 def data_reference(data: str | None) -> str | None:

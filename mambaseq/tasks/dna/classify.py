@@ -85,11 +85,12 @@ class ClassifyConfig(TrainRecipe):
 
 @dataclass
 class ClassifyTrainResult:
-    valid_accuracy: float
+    valid_accuracy: float  # of the exported weights
     test: dict  # classification_report of the test windows
     model_dir: Path
     run_dir: Path
-    steps: int
+    steps: int  # steps trained
+    exported_step: int  # the step the exported weights are from (the best validation's, or the last)
 
 
 def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = None) -> ClassifyTrainResult:
@@ -125,12 +126,12 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
         log(f"{len(species)} species ({', '.join(genomes.names)}); {origin} ({model_config.n_layer} x "
             f"{model_config.d_model}); seq_len {cfg.seq_len}, batch {cfg.batch_size}, {cfg.max_steps} steps; "
             f"{len(valid)} validation windows")
-    trainer, accuracy = cfg.fit(module, batches, valid, cfg.eval_batch_size, "val/acc")
+    fitted = cfg.fit(module, batches, valid, cfg.eval_batch_size, "val/acc", mode="max")
     run_dir = Path(cfg.out)
-    if not trainer.is_global_zero:
-        return ClassifyTrainResult(accuracy, {}, run_dir / "model", run_dir, trainer.global_step)
+    if not fitted.trainer.is_global_zero:
+        return ClassifyTrainResult(fitted.metric, {}, run_dir / "model", run_dir, fitted.steps, fitted.step)
     # Lightning hands the module back on the CPU after fit: the test pass goes back to the accelerator.
-    device = torch.device(trainer.strategy.root_device)
+    device = torch.device(fitted.trainer.strategy.root_device)
     model = module.model.to(device).eval()
     test_windows = genomes.fixed_windows("test", cfg.seq_len, cfg.eval_windows, cfg.seed, cfg.max_n_frac,
                                          cfg.soft_mask)
@@ -139,10 +140,10 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
     metadata = {"task": "dna-classify", "classes": genomes.names, "soft_mask": cfg.soft_mask,
                 "seq_len": cfg.seq_len, "species": {s.name: list(s.fasta) for s in species}, **cfg.split_kwargs(),
                 "eval_windows": cfg.eval_windows, "max_n_frac": cfg.max_n_frac, "seed": cfg.seed,
-                "init_from": cfg.init_from, "steps": trainer.global_step, "valid_accuracy": accuracy,
+                "init_from": cfg.init_from, **fitted.metadata(), "valid_accuracy": fitted.metric,
                 "test_accuracy": report["accuracy"]}
     model_dir = save_pretrained(model.cpu(), run_dir / "model", metadata=metadata)
-    return ClassifyTrainResult(accuracy, report, model_dir, run_dir, trainer.global_step)
+    return ClassifyTrainResult(fitted.metric, report, model_dir, run_dir, fitted.steps, fitted.step)
 
 
 @torch.no_grad()

@@ -56,10 +56,11 @@ class DnaTrainConfig(ChunkedTraining, TrainRecipe):
 
 @dataclass
 class DnaTrainResult:
-    valid_bits_per_base: float
+    valid_bits_per_base: float  # of the exported weights
     model_dir: Path
     run_dir: Path
-    steps: int
+    steps: int  # steps trained
+    exported_step: int  # the step the exported weights are from (the best validation's, or the last)
 
 
 def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> DnaTrainResult:
@@ -87,15 +88,15 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
     if log is not None and is_global_zero():
         data = ", ".join(map(str, cfg.fasta)) if cfg.fasta else "bundled yeast chromosome I (3 species)"
         log(f"{describe(cfg)}; {len(fasta.records)} records from {data}; {len(valid)} validation windows")
-    trainer, bits = cfg.fit(module, train_batches, valid, None, "val/bits_per_base")
+    fitted = cfg.fit(module, train_batches, valid, None, "val/bits_per_base")
     run_dir = Path(cfg.out)
-    if not trainer.is_global_zero:
-        return DnaTrainResult(bits, run_dir / "model", run_dir, trainer.global_step)
+    if not fitted.trainer.is_global_zero:
+        return DnaTrainResult(fitted.metric, run_dir / "model", run_dir, fitted.steps, fitted.step)
     metadata = {"task": "dna-lm", **DnaTokenizer(cfg.soft_mask).to_dict(), "seq_len": cfg.seq_len,
-                "fasta": [str(p) for p in fasta_paths], "steps": trainer.global_step,
-                "valid_bits_per_base": bits}
+                "fasta": [str(p) for p in fasta_paths], **fitted.metadata(),
+                "valid_bits_per_base": fitted.metric}
     model_dir = save_pretrained(module.model.cpu(), run_dir / "model", metadata=metadata)
-    return DnaTrainResult(bits, model_dir, run_dir, trainer.global_step)
+    return DnaTrainResult(fitted.metric, model_dir, run_dir, fitted.steps, fitted.step)
 
 
 def describe(cfg: DnaTrainConfig) -> str:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import exports_checkpoint, script_validation
 
 from mambaseq import MambaConfig, MambaLM, from_pretrained
 from mambaseq.checkpoint import read_model_dir, save_pretrained
@@ -15,6 +16,7 @@ from mambaseq.cli.main import main
 from mambaseq.tasks.dna.classify import ClassifyConfig, evaluate_classifier, predict_species, train_classifier
 from mambaseq.tasks.dna.fasta import DnaInputError
 from mambaseq.tasks.dna.tokenizer import encode, reverse_complement
+from mambaseq.training.classify_module import ClassifierModule
 
 FAST = dict(seq_len=64, batch_size=16, max_steps=4, val_every=2, checkpoint_every=2, eval_windows=4, progress=False)
 CLI_FAST = ["--seq-len", "128", "--batch-size", "8", "--max-steps", "2", "--set", "val_every=2",
@@ -58,6 +60,19 @@ def test_exports_model_report_and_metadata(trained):
     saved = json.loads((trained.run_dir / "test" / "metrics.json").read_text())
     assert saved["confusion_matrix"] == trained.test["confusion_matrix"]
     assert (trained.run_dir / "test" / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_the_best_validation_accuracy_is_exported_and_tested(tmp_path, two_species, monkeypatch):
+    # Validations at steps 2 and 4; step 2 scores highest.
+    script_validation(monkeypatch, ClassifierModule, "val/acc", {2: 0.75, 4: 0.5})
+    cfg = ClassifyConfig.from_recipe("classify-tiny-cpu", species=two_species, out=str(tmp_path / "run"), **FAST)
+    result = train_classifier(cfg)
+    assert (result.exported_step, result.steps, result.valid_accuracy) == (2, 4, 0.75)
+    metadata = read_model_dir(result.model_dir)["metadata"]
+    assert (metadata["steps"], metadata["trained_steps"], metadata["valid_accuracy"]) == (2, 4, 0.75)
+    assert exports_checkpoint(result.model_dir, result.run_dir / "checkpoints" / "step0000002.ckpt")
+    # The test report is of the exported weights.
+    assert evaluate_classifier(result.model_dir)["accuracy"] == result.test["accuracy"]
 
 
 def test_eval_rebuilds_the_training_test_windows(trained, tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import exports_checkpoint, script_validation
 from safetensors.torch import load_file
 
 from mambaseq import from_pretrained
@@ -16,6 +17,7 @@ from mambaseq.checkpoint import read_model_dir
 from mambaseq.cli.main import main
 from mambaseq.tasks.dna import windows
 from mambaseq.tasks.dna.train import DnaTrainConfig, train_dna
+from mambaseq.training.lm_module import CausalLMModule
 
 FAST = ["--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--set", "val_every=2",
         "--set", "checkpoint_every=2", "--set", "progress=false", "--set", "max_val_windows=4"]
@@ -37,6 +39,20 @@ def test_cli_trains_and_exports_a_model(tmp_path, genome, capsys):
     model = from_pretrained(out / "model")
     assert model.config.vocab_size == 12
     assert (out / "checkpoints" / "last.ckpt").exists() and (out / "logs" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("more", [[], ["--max-steps", "6", "--set", "early_stop_patience=1"]],
+                         ids=["to-the-end", "stopped-early"])
+def test_cli_exports_the_weights_of_the_best_validation(tmp_path, genome, capsys, monkeypatch, more):
+    # Validations at steps 2, 4 (and 6): step 2 scores best, so with a patience of 1 the run stops at 4.
+    script_validation(monkeypatch, CausalLMModule, "val/bits_per_base", {2: 1.5, 4: 2.5, 6: 3.0})
+    out = tmp_path / "run"
+    assert main(["train", "dna", "--fasta", str(genome), "--out", str(out), *FAST, *more]) == 0
+    assert "exported the best weights: step 2 of 4 (validation bits/base: 1.5000)\n" in capsys.readouterr().out
+    metadata = read_model_dir(out / "model")["metadata"]
+    assert (metadata["steps"], metadata["trained_steps"], metadata["valid_bits_per_base"]) == (2, 4, 1.5)
+    assert exports_checkpoint(out / "model", out / "checkpoints" / "step0000002.ckpt")
+    assert not exports_checkpoint(out / "model", out / "checkpoints" / "last.ckpt")
 
 
 def test_cli_trains_in_chunks(tmp_path, genome, capsys, monkeypatch):
