@@ -4,9 +4,11 @@
 #   benchmarks/audio_quality.sh DIGITS_DIR PIANO_DIR OUT [DIGIT_STEPS] [PIANO_STEPS] [DIGIT_MIN] [PIANO_MIN]
 # DIGITS_DIR from shared/data/make-digits.sh (files <digit>_<engine>-<voice>_r<k>.wav);
 # PIANO_DIR from shared/data/make-piano.py (one file per piece; "-" skips the piano run). Each training run also stops at a
-# wall-clock limit in minutes (max_minutes), then validates and exports as at its last step.
+# wall-clock limit in minutes (max_minutes). The digits run validates DIGIT_VALIDATIONS times (default 8) and
+# exports the weights of its best validation (export_best); the piano run validates at its end.
 set -euo pipefail
 digits=$1; piano=$2; out=$3; digit_steps=${4:-1500}; piano_steps=${5:-400}; digit_min=${6:-4.5}; piano_min=${7:-2.5}
+digit_val_every=$((digit_steps / ${DIGIT_VALIDATIONS:-8}))
 mkdir -p "$out"
 common=(--set progress=false --set num_workers=4)
 
@@ -15,7 +17,8 @@ common=(--set progress=false --set num_workers=4)
 mambaseq train audio --data "$digits" --recipe sc09 --out "$out/digits" --max-steps "$digit_steps" \
     --set max_minutes="$digit_min" \
     --set 'group_pattern=^[a-z]+_(.+)_r[0-9]+' --set valid_fraction=0.2 --set test_fraction=0.2 --set split_seed=2 \
-    --set lr_warmup_steps=$((digit_steps / 10)) --set val_every="$digit_steps" --set checkpoint_every="$digit_steps" \
+    --set lr_warmup_steps=$((digit_steps / 10)) --set val_every="$digit_val_every" \
+    --set checkpoint_every="$digit_val_every" \
     "${common[@]}"
 mambaseq eval audio --model "$out/digits/model" --json > "$out/digits_test.json"
 mambaseq generate audio --model "$out/digits/model" --n 4 --seconds 1 --seed 0 --out "$out/digits/samples"
