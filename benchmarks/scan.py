@@ -293,6 +293,7 @@ def main() -> None:
     parser.add_argument("--bwd-tile", help="backward tile as block_t,block_d,warps[,maxnreg]")
     parser.add_argument("--tune-configs", help="backward tiles to tune, e.g. 64,8,1;64,4,1,128 (4th: maxnreg)")
     parser.add_argument("--tune-programs", default="8", help="backward programs per SM to tune, e.g. 4,8,16")
+    parser.add_argument("--bwd-programs", type=int, help="override BWD_PROGRAMS_PER_SM (backward splits per SM)")
     parser.add_argument("--json")
     args = parser.parse_args()
     with open(args.anchors) as f:
@@ -301,6 +302,10 @@ def main() -> None:
         from mambaseq.kernels import selective_scan_triton as sst
 
         sst.TARGET_WARPS_PER_SM = args.target_warps
+    if args.bwd_programs:
+        from mambaseq.kernels import selective_scan_triton as sst
+
+        sst.BWD_PROGRAMS_PER_SM = args.bwd_programs
     if args.split_from_l:
         from mambaseq.kernels import selective_scan_triton as sst
 
