@@ -150,6 +150,22 @@ def test_two_processes_match_one_process(fields, one_process, tmp_path):
     assert resolved["world_size"] == 2 and resolved["accumulate_grad_batches"] == 1
 
 
+def test_two_processes_training_in_chunks_match_one_process(fields, one_process, tmp_path):
+    # chunk_tokens 32: each rank's 2 windows of 64 run in pieces of 32 positions with the states
+    # carried (training/chunked.py) under DDP's gradient hooks; exact gradients, so the run is the
+    # one-process whole-window run up to summation order.
+    out = tmp_path / "chunked"
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_RUN)
+    done = subprocess.run([sys.executable, str(script), json.dumps({**fields, "out": str(out), "devices": 2,
+                                                                    "strategy": "ddp", "chunk_tokens": 32})],
+                          env={**env(), "WRITES_LOG": str(tmp_path / "writes.log")}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "train_config.json").read_text())["chunk_tokens"] == 32
+    assert_same_run(out, one_process)
+
+
 def test_two_processes_export_the_best_validation(fields, tmp_path):
     # Validations at steps 4 and 8; step 4 scores best. Rank 0 exports it; both ranks report it.
     out, script = tmp_path / "two", tmp_path / "ddp_run.py"
