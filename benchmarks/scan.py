@@ -109,6 +109,29 @@ def breakdown() -> list[dict]:
     return out
 
 
+def kernel_times() -> list[dict]:
+    """GPU time of every kernel of one forward+backward (torch.profiler), in launch order, at the
+    three breakdown shapes (bf16): which pass of the chunked scan costs what."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = []
+    for batch, dim, L in [(8, 1536, 2048), (1, 1024, 131072), (1, 256, 2**20)]:
+        x = make_inputs(batch, dim, 16, L, torch.bfloat16, requires_grad=True)
+        leaves = list(x.values())
+        dout = torch.randn(batch, dim, L, device="cuda", dtype=torch.bfloat16)
+        for _ in range(2):  # compile, warm up
+            torch.autograd.grad(selective_scan(**x), leaves, dout)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            torch.autograd.grad(selective_scan(**x), leaves, dout)
+            torch.cuda.synchronize()
+        kernels = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+        rows = [dict(name=e.name[:60], ms=(e.time_range.end - e.time_range.start) / 1e3) for e in kernels]
+        out.append(dict(batch=batch, dim=dim, L=L, kernels=rows))
+        print(f"batch {batch}, dim {dim}, L {L}: " + "; ".join(f"{r['name']} {r['ms']:.3f}" for r in rows), flush=True)
+    return out
+
+
 def launch_overhead(rows: list[dict]) -> list[dict]:
     """Forward time as timed normally and as replays of a captured CUDA graph (no Python, no launch
     gaps): the difference is per-call host overhead."""
@@ -283,6 +306,7 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--overhead", action="store_true")
+    parser.add_argument("--kernel-times", action="store_true", help="GPU time per kernel of one fwd+bwd")
     parser.add_argument("--host-profile", action="store_true", help="cProfile of short calls (host time)")
     parser.add_argument("--target-warps", type=int, help="override the chunking target (warps per SM)")
     parser.add_argument("--split-from-l", type=int, help="override SPLIT_FROM_L (shortest L cut into chunks)")
@@ -318,6 +342,8 @@ def main() -> None:
         if args.tune_configs:
             configs = [tuple(int(v) for v in c.split(",")) for c in args.tune_configs.split(";")]
         report["tune"] = tune(configs, [int(n) for n in args.tune_programs.split(",")])
+    if args.kernel_times:
+        report["kernel_times"] = kernel_times()
     if args.overhead:
         report["overhead"] = launch_overhead(anchors["rows"])
     if args.host_profile:

@@ -15,8 +15,7 @@ import os
 
 from mambaseq.kernels.selective_scan_triton import BWD_TILE, compile_bwd_offline
 
-PASSES = {"gradient pass (LOCAL_ONLY=0, HAS_CARRY=1)": dict(local_only=False, has_carry=True),
-          "local-adjoint pass (LOCAL_ONLY=1)": dict(local_only=True, has_carry=True)}
+PASSES = {"gradient pass (HAS_CARRY=1)": dict(has_carry=True)}
 
 
 def main() -> None:

@@ -25,7 +25,10 @@ state it rebuilds the tile's forward states from the saved one (a scan along tim
 adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse scan, and adds that state's share
 to every gradient; tiles are walked right to left with the adjoint carried in registers. No
 per-step or per-tile buffer is written. Chunks run in parallel the same two-pass way as the
-forward (a local-adjoint pass, a carry kernel, the gradient pass). dB and dC (shared across the
+forward: a local-adjoint pass, a carry kernel, the gradient pass. The local-adjoint pass needs no
+scan: the gradient a chunk passes to its start from a zero gradient at its end is
+sum_t exp(A S_t) C_t dy_t, S_t the chunk's dt summed through t (the product of its decays), a weighted
+sum taken in the forward's tile layout (`_adjoint_local_kernel`). dB and dC (shared across the
 channels of a group) are summed over the channels of a thread in registers, then over channel
 blocks: a program owns one chunk of time and walks several channel blocks, adding into its own
 partial copy of dB/dC with plain loads and stores (no atomics); the copies are summed at the end.
@@ -165,6 +168,70 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _adjoint_local_kernel(
+    delta_ptr, bias_ptr, A_ptr, C_ptr, z_ptr, dy_ptr, gloc_ptr,
+    L, chunk_len, n_chunks, dim, dim_per_group,
+    s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, C_CONST: tl.constexpr,
+):
+    # The backward's local-adjoint pass: the gradient each chunk passes to its start state from a zero
+    # gradient at its end, G = sum_t (prod_{u <= t} a_u) C_t dy_t over the chunk. The product of the
+    # decays a_u = exp(dt_u A) is exp(A S_t), S_t the chunk's dt summed through t, so G is a weighted sum,
+    # not a scan; and in the forward's tile layout (channels across threads, time steps and states inside
+    # each thread) neither the running sum S nor the sum over time exchanges data between threads.
+    # exp(A S_t) <= 1 (A < 0, S_t >= 0): it underflows towards 0 as the product does, never overflows.
+    pid_bd = tl.program_id(0)
+    c = tl.program_id(1).to(tl.int64)
+    n_dblocks = tl.cdiv(dim, BLOCK_D)
+    b = (pid_bd // n_dblocks).to(tl.int64)
+    d0 = (pid_bd % n_dblocks) * BLOCK_D
+    g = d0 // dim_per_group
+    offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+    offs_n = tl.arange(0, N_P2)
+    offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
+    mask_d = offs_d < dim
+    mask_n = offs_n < DSTATE
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    nd_idx = offs_d[None, :] * DSTATE + offs_n[:, None]
+    A2 = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    if C_CONST:
+        C_nd = tl.load(C_ptr + nd_idx, mask=mask_nd, other=0.0)
+    G = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
+    S = tl.zeros([BLOCK_D], dtype=tl.float32)
+    l_start = c * chunk_len
+    l_end = tl.minimum(l_start + chunk_len, L)
+    for l0 in range(l_start, l_end, BLOCK_L):
+        offs_l = l0 + offs_t
+        mask_l = offs_l < l_end
+        m2 = mask_l[:, None] & mask_d[None, :]
+        dt = tl.load(delta_ptr + b * s_dt_b + offs_l[:, None] * s_dt_l + offs_d[None, :] * s_dt_d,
+                     mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m2, dt, 0.0)
+        dyg = tl.load(dy_ptr + b * s_dy_b + offs_l[:, None] * s_dy_l + offs_d[None, :] * s_dy_d,
+                      mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_z_b + offs_l[:, None] * s_z_l + offs_d[None, :] * s_z_d,
+                         mask=m2, other=0.0).to(tl.float32)
+            dyg = dyg * zz * tl.sigmoid(zz)
+        St = S[None, :] + tl.cumsum(dt, axis=0)
+        if C_CONST:
+            Ct = C_nd[None, :, :]
+        else:
+            Ct = tl.load(C_ptr + b * s_C_b + g * s_C_g + offs_l[:, None] * s_C_l + offs_n[None, :] * s_C_n,
+                         mask=mask_l[:, None] & mask_n[None, :], other=0.0).to(tl.float32)[:, :, None]
+        G += tl.sum(tl.exp2(St[:, None, :] * A2[None, :, :]) * Ct * dyg[:, None, :], axis=0)
+        S += tl.sum(dt, axis=0)
+    tl.store(gloc_ptr + (b * n_chunks + c) * dim * DSTATE + nd_idx, G, mask=mask_nd)
+
+
+@triton.jit
 def _carry_chunks_kernel(
     A_ptr, dsum_ptr, local_ptr, start_ptr, h0_ptr, out_ptr,
     n_chunks, dim, DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -203,19 +270,13 @@ def _load_tile(ptr, b, s_b, s_d, s_l, offs_d, offs_l, mask):
 
 
 @triton.jit
-def _state_row(ptr, row, n, s_n, s_l, offs_l, mask_l, offs_d, mask_d, DSTATE: tl.constexpr, CONST: tl.constexpr,
-               AS_TILE: tl.constexpr):
+def _state_row(ptr, row, n, s_n, s_l, offs_l, mask_l, offs_d, mask_d, DSTATE: tl.constexpr, CONST: tl.constexpr):
     # B or C of state n, broadcastable over a (BLOCK_D, BLOCK_T) tile: per channel when constant
-    # ((dim, d_state)), else per time step. AS_TILE loads the per-step row as a whole tile (the same
-    # row for every channel: the same addresses, no more memory traffic), which arrives in the
-    # tile's layout; a 1-D row arrives in a layout of its own and crosses shared memory, with a
-    # barrier, to meet the tile's, once per state. But the tile takes a thread's registers once
-    # per channel row it holds rather than once.
+    # ((dim, d_state)), else per time step (a 1-D row, which crosses shared memory to meet the tile's
+    # layout once per state; as a whole tile it would take a thread's registers once per channel).
+    # if/else, not an early return: Triton 3.6 types both returns alike even under a constexpr test.
     if CONST:
         return tl.load(ptr + offs_d * DSTATE + n, mask=mask_d, other=0.0)[:, None]
-    elif AS_TILE:
-        ptrs = ptr + row + n * s_n + offs_l[None, :] * s_l + offs_d[:, None] * 0
-        return tl.load(ptrs, mask=mask_l[None, :], other=0.0).to(tl.float32)
     else:
         return tl.load(ptr + row + n * s_n + offs_l * s_l, mask=mask_l, other=0.0).to(tl.float32)[None, :]
 
@@ -236,19 +297,17 @@ def _add_state_grad(prod, acc, ptr, row, n, col, offs_l, mask_l, CONST: tl.const
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr,
     segs_ptr, carry_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr,
-    dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr, dh0_ptr, gloc_ptr,
+    dA_part_ptr, dD_part_ptr, dbias_part_ptr, dB_part_ptr, dC_part_ptr, dh0_ptr,
     L, chunk_len, n_chunks, n_segs, dim, dim_per_group, n_groups, batch, n_splits, per_split,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l, s_o_b, s_o_d, s_o_l,
     DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    B_CONST: tl.constexpr, C_CONST: tl.constexpr, LOCAL_ONLY: tl.constexpr, HAS_CARRY: tl.constexpr,
+    B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_CARRY: tl.constexpr,
 ):
     # Tiles are (BLOCK_D, BLOCK_T): time across threads (several steps per thread), channels
     # inside a thread, states one at a time. Per state, the forward and adjoint recurrences of a
     # tile are two scans along time, and the sums over channels for dB and dC stay in-thread.
-    # LOCAL_ONLY: from a zero gradient at the chunk end, only the gradient the chunk passes to
-    # its start state (k_t = a_t (C_t dy_t + k_{t+1}) right to left); no states needed.
     # A program owns one chunk of time of one batch row and walks `per_split` channel blocks one
     # after the other. dB and dC of that stretch of time go to the program's own partial copy
     # (one per split, summed afterwards) with plain loads and stores: atomics from every channel
@@ -276,7 +335,7 @@ def _scan_bwd_kernel(
             mask_dn = mask_d[:, None] & (col < DSTATE)
 
             state_idx = (b * n_chunks + c) * dim * DSTATE + dn_idx
-            if LOCAL_ONLY or not HAS_CARRY:
+            if not HAS_CARRY:
                 carry = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
             else:
                 carry = tl.load(carry_ptr + state_idx, mask=mask_dn, other=0.0)
@@ -313,86 +372,73 @@ def _scan_bwd_kernel(
                 if HAS_Z:
                     zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_d, offs_l, m2)
                     dyg = dyg * zz * tl.sigmoid(zz)
-                if not LOCAL_ONLY:
-                    dtu = dt * _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_d, offs_l, m2)
-                    y_pre = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
-                    gB_sum = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # sum_n g B_n
-                    gdA_sum = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # sum_n g A_n a_t h_{t-1}
-                    seg_base = (b * n_segs + l0 // BLOCK_T) * dim * DSTATE
+                dtu = dt * _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_d, offs_l, m2)
+                y_pre = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+                gB_sum = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # sum_n g B_n
+                gdA_sum = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # sum_n g A_n a_t h_{t-1}
+                seg_base = (b * n_segs + l0 // BLOCK_T) * dim * DSTATE
                 for n in range(0, DSTATE):
                     A_n = tl.load(A_ptr + offs_d * DSTATE + n, mask=mask_d, other=0.0)
                     a = tl.exp2(dt * (A_n * 1.4426950408889634)[:, None])
-                    # As a tile only in the local-adjoint pass, where it removes the loop's one layout
-                    # conversion at no cost in registers. In the gradient pass B or C as a tile adds spills
-                    # on sm_90 under Triton 3.6 (benchmarks/scan_bwd_ir.py), and more instructions per state.
-                    C_n = _state_row(C_ptr, cc_row, n, s_C_n, s_C_l, offs_l, mask_l, offs_d, mask_d, DSTATE, C_CONST,
-                                     LOCAL_ONLY)
+                    # B and C as rows: as whole tiles they add spills on sm_90 under Triton 3.6
+                    # (benchmarks/scan_bwd_ir.py), and more instructions per state.
+                    C_n = _state_row(C_ptr, cc_row, n, s_C_n, s_C_l, offs_l, mask_l, offs_d, mask_d, DSTATE, C_CONST)
                     cdy = C_n * dyg
                     carry_n = tl.sum(tl.where(col == n, carry, 0.0), axis=1)
-                    if LOCAL_ONLY:
-                        k_a, k_x = tl.associative_scan((a, a * cdy), 1, _affine_combine, reverse=True)
-                        k = k_a * carry_n[:, None] + k_x
-                        new = tl.sum(tl.where(first, k, 0.0), axis=1)
-                    else:
-                        B_n = _state_row(B_ptr, bc_row, n, s_B_n, s_B_l, offs_l, mask_l, offs_d, mask_d, DSTATE,
-                                         B_CONST, False)
-                        x = dtu * B_n
-                        h0 = tl.load(segs_ptr + seg_base + offs_d * DSTATE + n, mask=mask_d, other=0.0)
-                        a_cum, x_cum = tl.associative_scan((a, x), 1, _affine_combine)
-                        hs = a_cum * h0[:, None] + x_cum
-                        ones = tl.full(a.shape, 1.0, tl.float32)
-                        _fa, r, cv = tl.associative_scan((a, ones, cdy), 1, _adjoint_combine, reverse=True)
-                        gr = cv + r * carry_n[:, None]  # dL/dh_t
-                        new = tl.sum(tl.where(first, a * gr, 0.0), axis=1)
-                        if HAS_Z:
-                            y_pre += hs * C_n
-                        gB_sum += gr * B_n
-                        p = gr * (hs - x)  # g_t a_t h_{t-1}
-                        gdA_sum += p * A_n[:, None]
-                        dA_acc += tl.where(col == n, tl.sum(p * dt, axis=1)[:, None], 0.0)
-                        dB_acc = _add_state_grad(gr * dtu, dB_acc, dB_ptr, dbc_row + n * L, n, col, offs_l, mask_l,
-                                                 B_CONST)
-                        dC_acc = _add_state_grad(hs * dyg, dC_acc, dC_ptr, dbc_row + n * L, n, col, offs_l, mask_l,
-                                                 C_CONST)
-                    carry = tl.where(col == n, new[:, None], carry)
-                if not LOCAL_ONLY:
-                    o_idx = b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l
-                    uu = _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_d, offs_l, m2)
-                    du = gB_sum * dt
-                    if HAS_D:
-                        dD_acc += tl.sum(dyg * uu, axis=1)
-                        du += dyg * Dv[:, None]
-                        y_pre += Dv[:, None] * uu
+                    B_n = _state_row(B_ptr, bc_row, n, s_B_n, s_B_l, offs_l, mask_l, offs_d, mask_d, DSTATE, B_CONST)
+                    x = dtu * B_n
+                    h0 = tl.load(segs_ptr + seg_base + offs_d * DSTATE + n, mask=mask_d, other=0.0)
+                    a_cum, x_cum = tl.associative_scan((a, x), 1, _affine_combine)
+                    hs = a_cum * h0[:, None] + x_cum
+                    ones = tl.full(a.shape, 1.0, tl.float32)
+                    _fa, r, cv = tl.associative_scan((a, ones, cdy), 1, _adjoint_combine, reverse=True)
+                    gr = cv + r * carry_n[:, None]  # dL/dh_t
+                    new = tl.sum(tl.where(first, a * gr, 0.0), axis=1)
                     if HAS_Z:
-                        dy = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, offs_d, offs_l, m2)
-                        zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_d, offs_l, m2)
-                        sz = tl.sigmoid(zz)
-                        dz = dy * y_pre * sz * (1.0 + zz * (1.0 - sz))
-                        tl.store(dz_ptr + o_idx, dz.to(dz_ptr.dtype.element_ty), mask=m2)
-                    ddt = gdA_sum + gB_sum * uu
-                    if SOFTPLUS:
-                        dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_d, offs_l, m2)
-                        if HAS_BIAS:
-                            dt_raw = dt_raw + bias[:, None]
-                        ddt = ddt * tl.sigmoid(dt_raw)
-                    ddt = tl.where(m2, ddt, 0.0)
-                    dbias_acc += tl.sum(ddt, axis=1)
-                    tl.store(du_ptr + o_idx, du.to(du_ptr.dtype.element_ty), mask=m2)
-                    tl.store(ddelta_ptr + o_idx, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+                        y_pre += hs * C_n
+                    gB_sum += gr * B_n
+                    p = gr * (hs - x)  # g_t a_t h_{t-1}
+                    gdA_sum += p * A_n[:, None]
+                    dA_acc += tl.where(col == n, tl.sum(p * dt, axis=1)[:, None], 0.0)
+                    dB_acc = _add_state_grad(gr * dtu, dB_acc, dB_ptr, dbc_row + n * L, n, col, offs_l, mask_l,
+                                             B_CONST)
+                    dC_acc = _add_state_grad(hs * dyg, dC_acc, dC_ptr, dbc_row + n * L, n, col, offs_l, mask_l,
+                                             C_CONST)
+                    carry = tl.where(col == n, new[:, None], carry)
+                o_idx = b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l
+                uu = _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_d, offs_l, m2)
+                du = gB_sum * dt
+                if HAS_D:
+                    dD_acc += tl.sum(dyg * uu, axis=1)
+                    du += dyg * Dv[:, None]
+                    y_pre += Dv[:, None] * uu
+                if HAS_Z:
+                    dy = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, offs_d, offs_l, m2)
+                    zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_d, offs_l, m2)
+                    sz = tl.sigmoid(zz)
+                    dz = dy * y_pre * sz * (1.0 + zz * (1.0 - sz))
+                    tl.store(dz_ptr + o_idx, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+                ddt = gdA_sum + gB_sum * uu
+                if SOFTPLUS:
+                    dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_d, offs_l, m2)
+                    if HAS_BIAS:
+                        dt_raw = dt_raw + bias[:, None]
+                    ddt = ddt * tl.sigmoid(dt_raw)
+                ddt = tl.where(m2, ddt, 0.0)
+                dbias_acc += tl.sum(ddt, axis=1)
+                tl.store(du_ptr + o_idx, du.to(du_ptr.dtype.element_ty), mask=m2)
+                tl.store(ddelta_ptr + o_idx, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
 
-            if LOCAL_ONLY:
-                tl.store(gloc_ptr + state_idx, carry, mask=mask_dn)
-            else:
-                part = (b * n_chunks + c) * dim
-                tl.store(dA_part_ptr + part * DSTATE + dn_idx, dA_acc, mask=mask_dn)
-                tl.store(dD_part_ptr + part + offs_d, dD_acc, mask=mask_d)
-                tl.store(dbias_part_ptr + part + offs_d, dbias_acc, mask=mask_d)
-                if B_CONST:
-                    tl.store(dB_part_ptr + part * DSTATE + dn_idx, dB_acc, mask=mask_dn)
-                if C_CONST:
-                    tl.store(dC_part_ptr + part * DSTATE + dn_idx, dC_acc, mask=mask_dn)
-                if c == 0:
-                    tl.store(dh0_ptr + b * dim * DSTATE + dn_idx, carry, mask=mask_dn)
+            part = (b * n_chunks + c) * dim
+            tl.store(dA_part_ptr + part * DSTATE + dn_idx, dA_acc, mask=mask_dn)
+            tl.store(dD_part_ptr + part + offs_d, dD_acc, mask=mask_d)
+            tl.store(dbias_part_ptr + part + offs_d, dbias_acc, mask=mask_d)
+            if B_CONST:
+                tl.store(dB_part_ptr + part * DSTATE + dn_idx, dB_acc, mask=mask_dn)
+            if C_CONST:
+                tl.store(dC_part_ptr + part * DSTATE + dn_idx, dC_acc, mask=mask_dn)
+            if c == 0:
+                tl.store(dh0_ptr + b * dim * DSTATE + dn_idx, carry, mask=mask_dn)
 
 
 # Forward tiles: block_l steps x block_d channels, one channel per thread (block_d None: 32 per
@@ -558,21 +604,30 @@ def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0
     return y, final, segs, dsum
 
 
-def _bwd_arguments(plan: _Plan, inputs: tuple, outputs: tuple, carry, gloc, local_only: bool, splits: int,
+def _adjoint_local_launch(plan: _Plan, delta, delta_bias, A, C, z, dy, softplus, gloc) -> None:
+    _adjoint_local_kernel[plan.grid(plan.fwd)](
+        delta, delta_bias, A, C, z, dy, gloc, plan.L, plan.chunk_len, plan.n_chunks, plan.dim, plan.dim_per_group,
+        *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy), *_bc_strides(C),
+        DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=plan.fwd["block_d"], BLOCK_L=plan.fwd["block_l"],
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None, C_CONST=plan.const_c,
+        num_warps=plan.fwd["num_warps"], **LAUNCH_OPTIONS)
+
+
+def _bwd_arguments(plan: _Plan, inputs: tuple, outputs: tuple, carry, splits: int,
                    per_split: int) -> tuple[list, dict]:
     """The backward kernel's runtime arguments and constexprs (shared by the launch and
     `compile_bwd_offline`)."""
     u, delta, A, B, C, D, z, delta_bias, softplus, dy, segs = inputs
     du, ddelta, dz, dB, dC, parts, dD_part, dbias_part, dB_part, dC_part, dh0 = outputs
     args = [u, delta, delta_bias, A, B, C, D, z, dy, segs, carry, du, ddelta, dz, dB, dC,
-            parts, dD_part, dbias_part, dB_part, dC_part, dh0, gloc,
+            parts, dD_part, dbias_part, dB_part, dC_part, dh0,
             plan.L, plan.chunk_len, plan.n_chunks, plan.n_segs, plan.dim, plan.dim_per_group, plan.G,
             plan.batch, splits, per_split,
             *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy),
             *_bc_strides(B), *_bc_strides(C), *_strides3(du)]
     meta = {k: v for k, v in plan.meta(plan.bwd).items() if k != "num_warps"}
     constexprs = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
-                      BLOCK_T=plan.bwd["block_t"], LOCAL_ONLY=local_only, HAS_CARRY=carry is not None, **meta)
+                      BLOCK_T=plan.bwd["block_t"], HAS_CARRY=carry is not None, **meta)
     return args, constexprs
 
 
@@ -599,22 +654,17 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
     inputs = (u, delta, A, B, C, D, z, delta_bias, softplus, dy, segs)
     outputs = (du, ddelta, dz, dB, dC, parts, dD_part, dbias_part, dB_part, dC_part, dh0)
 
-    def launch(carry, local_only, gloc=None):
-        # The local-adjoint pass writes no dB/dC: one channel block per program.
-        splits, per = (n_dblocks, 1) if local_only else (n_splits, per_split)
-        args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, gloc, local_only, splits, per)
-        _scan_bwd_kernel[(plan.n_chunks * plan.batch * splits,)](*args, **constexprs, **_launch_options(plan.bwd))
-
     if plan.n_chunks == 1:
         carry = None if dfinal is None else dfinal.view(plan.batch, 1, plan.dim, plan.N)
     else:
         gloc = _states(plan, plan.n_chunks, u)
-        launch(None, True, gloc)
+        _adjoint_local_launch(plan, delta, delta_bias, A, C, z, dy, softplus, gloc)
         carry = _states(plan, plan.n_chunks, u)
         _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
             A, dsum, gloc, carry, dfinal, dh0, plan.n_chunks, plan.dim,
             DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True, HAS_H0=dfinal is not None, **LAUNCH_OPTIONS)
-    launch(carry, False)
+    args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, n_splits, per_split)
+    _scan_bwd_kernel[(plan.n_chunks * plan.batch * n_splits,)](*args, **constexprs, **_launch_options(plan.bwd))
     dA = parts.sum(dim=(0, 1))
     dD = dD_part.sum(dim=(0, 1)) if D is not None else None
     dbias = dbias_part.sum(dim=(0, 1)) if delta_bias is not None else None
@@ -624,14 +674,13 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
 
 
 def compile_bwd_offline(batch: int = 8, dim: int = 1536, seqlen: int = 2048, d_state: int = 16, *,
-                        dtype: torch.dtype = torch.bfloat16, local_only: bool = False, has_carry: bool = True,
+                        dtype: torch.dtype = torch.bfloat16, has_carry: bool = True,
                         n_chunks: int = 2, n_splits: int = 64, per_split: int = 3, arch: int = 90,
                         **bwd_tile: int) -> dict:
-    """Compile `_scan_bwd_kernel` for an NVIDIA GPU of compute capability `arch` on any machine (not
+    """Compile `_scan_bwd_kernel` (the gradient pass) for an NVIDIA GPU of compute capability `arch` on any machine (not
     under TRITON_INTERPRET), as the mixer calls it: u, delta, z, dy and input-dependent B/C (one group)
-    in `dtype`, D, delta_bias, softplus. `n_chunks`, `n_splits` and `per_split` (of the gradient pass)
-    only matter where they are 1 (a launch makes such ints constants); the defaults are what an H100
-    runs at the default shape.
+    in `dtype`, D, delta_bias, softplus. `n_chunks`, `n_splits` and `per_split` only matter where they
+    are 1 (a launch makes such ints constants); the defaults are what an H100 runs at the default shape.
 
     Returns {"registers", "spill_bytes", "shared_bytes", "convert_layout" (ops in the Triton GPU IR),
     "barriers" (bar.sync in the PTX), the same two counted inside the loop over states (the
@@ -653,11 +702,8 @@ def compile_bwd_offline(batch: int = 8, dim: int = 1536, seqlen: int = 2048, d_s
     dbc = empty(1, batch, 1, d_state, seqlen)
     parts = empty(batch, plan.n_chunks, dim)
     outputs = (act, act, act, dbc, dbc, states, parts, parts, None, None, empty(batch, dim, d_state))
-    carry = states if has_carry and not local_only else None
-    gloc = states if local_only else None
-    # As `_scan_backward` launches it: the local-adjoint pass takes one channel block per program.
-    splits, per = (triton.cdiv(dim, plan.bwd["block_d"]), 1) if local_only else (n_splits, per_split)
-    args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, gloc, local_only, splits, per)
+    carry = states if has_carry else None
+    args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, n_splits, per_split)
     kernel = compile_kernel(_scan_bwd_kernel, args, constexprs, arch=arch, **_launch_options(plan.bwd))
     ttgir, ptx = kernel.asm["ttgir"], kernel.asm["ptx"]
     # The loop over states is the innermost loop: its body sits one level below the deepest scf.for.
