@@ -70,6 +70,40 @@ def _softplus(x):
 
 
 @triton.jit
+def _ld_block(dim, dim_per_group, DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr):
+    # The forward's layout (also the local-adjoint pass's): program (batch row x channel block, chunk),
+    # channels across threads, states inside a thread. 64-bit offsets: at 1M-token contexts, offsets
+    # into states and inputs pass 2^31.
+    pid_bd = tl.program_id(0)
+    n_dblocks = tl.cdiv(dim, BLOCK_D)
+    b = (pid_bd // n_dblocks).to(tl.int64)
+    d0 = (pid_bd % n_dblocks) * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+    offs_n = tl.arange(0, N_P2)
+    mask_d = offs_d < dim
+    mask_n = offs_n < DSTATE
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    nd_idx = offs_d[None, :] * DSTATE + offs_n[:, None]
+    return b, tl.program_id(1).to(tl.int64), d0 // dim_per_group, offs_d, offs_n, mask_d, mask_n, mask_nd, nd_idx
+
+
+@triton.jit
+def _ld_tile(ptr, b, s_b, s_d, s_l, offs_l, offs_d, mask):
+    # A (BLOCK_L, BLOCK_D) tile of a (batch, dim, L) tensor, as fp32, in the forward's layout.
+    return tl.load(ptr + b * s_b + offs_l[:, None] * s_l + offs_d[None, :] * s_d, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _delta_tile(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    # dt = softplus(delta + bias) of a (BLOCK_L, BLOCK_D) tile, 0 at padding steps (no decay, no input).
+    if HAS_BIAS:
+        raw = raw + bias[None, :]
+    if SOFTPLUS:
+        raw = _softplus(raw)
+    return tl.where(mask, raw, 0.0)
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, y_ptr,
     h_in_ptr, h_out_ptr, segs_ptr, dsum_ptr,
@@ -83,21 +117,8 @@ def _scan_fwd_kernel(
 ):
     # Tiles are (BLOCK_L, N_P2, BLOCK_D): channels across threads, time steps and states inside
     # each thread, so the scan over time and the sum over states need no data exchange.
-    pid_bd = tl.program_id(0)
-    c = tl.program_id(1).to(tl.int64)
-    n_dblocks = tl.cdiv(dim, BLOCK_D)
-    # 64-bit offsets: at 1M-token contexts, offsets into states and inputs pass 2^31.
-    b = (pid_bd // n_dblocks).to(tl.int64)
-    d0 = (pid_bd % n_dblocks) * BLOCK_D
-    g = d0 // dim_per_group
-    offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-    offs_n = tl.arange(0, N_P2)
+    b, c, g, offs_d, offs_n, mask_d, mask_n, mask_nd, nd_idx = _ld_block(dim, dim_per_group, DSTATE, N_P2, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
-    mask_d = offs_d < dim
-    mask_n = offs_n < DSTATE
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    nd_idx = offs_d[None, :] * DSTATE + offs_n[:, None]
-
     A2 = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0) * 1.4426950408889634
     state_idx = (b * n_chunks + c) * dim * DSTATE + nd_idx
     if LOAD_H:
@@ -106,6 +127,8 @@ def _scan_fwd_kernel(
         h = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    else:  # not read: _delta_tile adds it only under HAS_BIAS
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     if B_CONST:
@@ -125,15 +148,9 @@ def _scan_fwd_kernel(
             # The backward starts each of its tiles (segments of SEG steps) from these states.
             if l0 % SEG == 0:
                 tl.store(segs_ptr + (b * n_segs + l0 // SEG) * dim * DSTATE + nd_idx, h, mask=mask_nd)
-        dt = tl.load(delta_ptr + b * s_dt_b + offs_l[:, None] * s_dt_l + offs_d[None, :] * s_dt_d,
-                     mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)
-        uu = tl.load(u_ptr + b * s_u_b + offs_l[:, None] * s_u_l + offs_d[None, :] * s_u_d,
-                     mask=m2, other=0.0).to(tl.float32)
+        dt = _delta_tile(_ld_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_l, offs_d, m2), bias, m2, HAS_BIAS,
+                         SOFTPLUS)
+        uu = _ld_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_l, offs_d, m2)
         if SUM_DELTA:
             dsum += tl.sum(dt, axis=0)
         a = tl.exp2(dt[:, None, :] * A2[None, :, :])
@@ -155,8 +172,7 @@ def _scan_fwd_kernel(
             if HAS_D:
                 yt += Dv[None, :] * uu
             if HAS_Z:
-                zz = tl.load(z_ptr + b * s_z_b + offs_l[:, None] * s_z_l + offs_d[None, :] * s_z_d,
-                             mask=m2, other=0.0).to(tl.float32)
+                zz = _ld_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_l, offs_d, m2)
                 yt = yt * zz * tl.sigmoid(zz)
             tl.store(y_ptr + b * s_y_b + offs_l[:, None] * s_y_l + offs_d[None, :] * s_y_d,
                      yt.to(y_ptr.dtype.element_ty), mask=m2)
@@ -181,22 +197,13 @@ def _adjoint_local_kernel(
     # not a scan; and in the forward's tile layout (channels across threads, time steps and states inside
     # each thread) neither the running sum S nor the sum over time exchanges data between threads.
     # exp(A S_t) <= 1 (A < 0, S_t >= 0): it underflows towards 0 as the product does, never overflows.
-    pid_bd = tl.program_id(0)
-    c = tl.program_id(1).to(tl.int64)
-    n_dblocks = tl.cdiv(dim, BLOCK_D)
-    b = (pid_bd // n_dblocks).to(tl.int64)
-    d0 = (pid_bd % n_dblocks) * BLOCK_D
-    g = d0 // dim_per_group
-    offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-    offs_n = tl.arange(0, N_P2)
+    b, c, g, offs_d, offs_n, mask_d, mask_n, mask_nd, nd_idx = _ld_block(dim, dim_per_group, DSTATE, N_P2, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
-    mask_d = offs_d < dim
-    mask_n = offs_n < DSTATE
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    nd_idx = offs_d[None, :] * DSTATE + offs_n[:, None]
     A2 = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0) * 1.4426950408889634
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    else:  # not read: _delta_tile adds it only under HAS_BIAS
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if C_CONST:
         C_nd = tl.load(C_ptr + nd_idx, mask=mask_nd, other=0.0)
     G = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
@@ -207,18 +214,11 @@ def _adjoint_local_kernel(
         offs_l = l0 + offs_t
         mask_l = offs_l < l_end
         m2 = mask_l[:, None] & mask_d[None, :]
-        dt = tl.load(delta_ptr + b * s_dt_b + offs_l[:, None] * s_dt_l + offs_d[None, :] * s_dt_d,
-                     mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(m2, dt, 0.0)
-        dyg = tl.load(dy_ptr + b * s_dy_b + offs_l[:, None] * s_dy_l + offs_d[None, :] * s_dy_d,
-                      mask=m2, other=0.0).to(tl.float32)
+        dt = _delta_tile(_ld_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_l, offs_d, m2), bias, m2, HAS_BIAS,
+                         SOFTPLUS)
+        dyg = _ld_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, offs_l, offs_d, m2)
         if HAS_Z:
-            zz = tl.load(z_ptr + b * s_z_b + offs_l[:, None] * s_z_l + offs_d[None, :] * s_z_d,
-                         mask=m2, other=0.0).to(tl.float32)
+            zz = _ld_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_l, offs_d, m2)
             dyg = dyg * zz * tl.sigmoid(zz)
         St = S[None, :] + tl.cumsum(dt, axis=0)
         if C_CONST:
