@@ -640,9 +640,12 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
     n_splits = _num_splits(plan, dev)
     per_split = triton.cdiv(n_dblocks, n_splits)
     n_splits = triton.cdiv(n_dblocks, per_split)
-    shape = (n_splits, plan.batch, plan.G, plan.N, plan.L)
-    dB = None if plan.const_b else torch.zeros(shape, device=dev, dtype=torch.float32)
-    dC = None if plan.const_c else torch.zeros(shape, device=dev, dtype=torch.float32)
+    # The per-split copies of dB and dC, zeroed in one allocation (and summed in one reduction below):
+    # a short call's host time goes in such small operations (RESULTS.md).
+    n_copied = (not plan.const_b) + (not plan.const_c)
+    copies = torch.zeros(n_copied, n_splits, plan.batch, plan.G, plan.N, plan.L, device=dev, dtype=torch.float32)
+    dB = None if plan.const_b else copies[0]
+    dC = None if plan.const_c else copies[n_copied - 1]
     parts = _states(plan, plan.n_chunks, u)
     dD_part = torch.empty(plan.batch, plan.n_chunks, plan.dim, device=dev, dtype=torch.float32)
     dbias_part = torch.empty_like(dD_part)
@@ -665,20 +668,27 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
             DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True, HAS_H0=dfinal is not None, **LAUNCH_OPTIONS)
     args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, n_splits, per_split)
     _scan_bwd_kernel[(plan.n_chunks * plan.batch * n_splits,)](*args, **constexprs, **_launch_options(plan.bwd))
-    dA = parts.sum(dim=(0, 1))
-    dD = dD_part.sum(dim=(0, 1)) if D is not None else None
-    dbias = dbias_part.sum(dim=(0, 1)) if delta_bias is not None else None
-    dB = dB_part.sum(dim=(0, 1)) if plan.const_b else dB.sum(0) if n_splits > 1 else dB[0]
-    dC = dC_part.sum(dim=(0, 1)) if plan.const_c else dC.sum(0) if n_splits > 1 else dC[0]
+    summed = copies.sum(1) if n_splits > 1 else copies[:, 0]
+    dA = _partial_sum(parts)
+    dD = _partial_sum(dD_part) if D is not None else None
+    dbias = _partial_sum(dbias_part) if delta_bias is not None else None
+    dB = _partial_sum(dB_part) if plan.const_b else summed[0]
+    dC = _partial_sum(dC_part) if plan.const_c else summed[n_copied - 1]
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
+
+
+def _partial_sum(parts: Tensor) -> Tensor:
+    """(batch, n_chunks, ...) per-program partial sums -> (...); a view when there is one (one batch row
+    in one chunk, the usual short call), which saves a reduction launch."""
+    return parts[0, 0] if parts.shape[0] * parts.shape[1] == 1 else parts.sum(dim=(0, 1))
 
 
 def compile_bwd_offline(batch: int = 8, dim: int = 1536, seqlen: int = 2048, d_state: int = 16, *,
                         dtype: torch.dtype = torch.bfloat16, has_carry: bool = True,
                         n_chunks: int = 2, n_splits: int = 64, per_split: int = 3, arch: int = 90,
                         **bwd_tile: int) -> dict:
-    """Compile `_scan_bwd_kernel` (the gradient pass) for an NVIDIA GPU of compute capability `arch` on any machine (not
-    under TRITON_INTERPRET), as the mixer calls it: u, delta, z, dy and input-dependent B/C (one group)
+    """Compile `_scan_bwd_kernel` (the gradient pass) for an NVIDIA GPU of compute capability `arch` on
+    any machine (not under TRITON_INTERPRET), as the mixer calls it: u, delta, z, dy and input-dependent B/C (one group)
     in `dtype`, D, delta_bias, softplus. `n_chunks`, `n_splits` and `per_split` only matter where they
     are 1 (a launch makes such ints constants); the defaults are what an H100 runs at the default shape.
 
