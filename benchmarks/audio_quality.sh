@@ -4,11 +4,12 @@
 #   benchmarks/audio_quality.sh DIGITS_DIR PIANO_DIR OUT [DIGIT_STEPS] [PIANO_STEPS] [DIGIT_MIN] [PIANO_MIN]
 # DIGITS_DIR from shared/data/make-digits.sh (files <digit>_<engine>-<voice>_r<k>.wav);
 # PIANO_DIR from shared/data/make-piano.py (one file per piece; "-" skips the piano run). Each training run also stops at a
-# wall-clock limit in minutes (max_minutes). The digits run validates DIGIT_VALIDATIONS times (default 8) and
-# exports the weights of its best validation (export_best); the piano run validates at its end.
+# wall-clock limit in minutes (max_minutes). The digits run validates DIGIT_VALIDATIONS times (default 8), the
+# piano run PIANO_VALIDATIONS times (default 4); each exports the weights of its best validation (export_best).
 set -euo pipefail
 digits=$1; piano=$2; out=$3; digit_steps=${4:-1500}; piano_steps=${5:-400}; digit_min=${6:-4.5}; piano_min=${7:-2.5}
 digit_val_every=$((digit_steps / ${DIGIT_VALIDATIONS:-8}))
+piano_val_every=$((piano_steps > 0 ? piano_steps / ${PIANO_VALIDATIONS:-4} : 1))
 mkdir -p "$out"
 common=(--set progress=false --set num_workers=4)
 
@@ -31,8 +32,8 @@ mambaseq eval audio --model "$out/digits/model" --data "$out/digits/samples" --p
 mambaseq train audio --data "$piano" --recipe music --out "$out/piano" --max-steps "$piano_steps" \
     --set max_minutes="$piano_min" \
     --seq-len 65536 --set warmup_stage_steps=$((piano_steps / 5)) --set lr_warmup_steps=$((piano_steps / 10)) \
-    --set valid_fraction=0.1 --set test_fraction=0.1 --set val_every="$piano_steps" \
-    --set checkpoint_every="$piano_steps" "${common[@]}"
+    --set valid_fraction=0.1 --set test_fraction=0.1 --set val_every="$piano_val_every" \
+    --set checkpoint_every="$piano_val_every" "${common[@]}"
 mambaseq eval audio --model "$out/piano/model" --json > "$out/piano_test.json"
 mambaseq generate audio --model "$out/piano/model" --n 2 --seconds 4 --seed 0 --out "$out/piano/samples"
 mambaseq eval audio --model "$out/piano/model" --data "$out/piano/samples" --plots "$out/piano/plots" --json \
