@@ -88,9 +88,11 @@ def _ld_block(dim, dim_per_group, DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOC
 
 
 @triton.jit
-def _ld_tile(ptr, b, s_b, s_d, s_l, offs_l, offs_d, mask):
-    # A (BLOCK_L, BLOCK_D) tile of a (batch, dim, L) tensor, as fp32, in the forward's layout.
-    return tl.load(ptr + b * s_b + offs_l[:, None] * s_l + offs_d[None, :] * s_d, mask=mask, other=0.0).to(tl.float32)
+def _load_tile(ptr, b, s_b, s_d, s_l, d_idx, l_idx, mask):
+    # A tile of a (batch, dim, L) tensor, as fp32, laid out as the channel and step indices broadcast:
+    # (BLOCK_L, BLOCK_D) for the forward's offs_d[None, :] and offs_l[:, None], (BLOCK_D, BLOCK_T) for
+    # the backward's offs_d[:, None] and offs_l[None, :].
+    return tl.load(ptr + b * s_b + d_idx * s_d + l_idx * s_l, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -119,6 +121,7 @@ def _scan_fwd_kernel(
     # each thread, so the scan over time and the sum over states need no data exchange.
     b, c, g, offs_d, offs_n, mask_d, mask_n, mask_nd, nd_idx = _ld_block(dim, dim_per_group, DSTATE, N_P2, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
+    d_row = offs_d[None, :]
     A2 = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0) * 1.4426950408889634
     state_idx = (b * n_chunks + c) * dim * DSTATE + nd_idx
     if LOAD_H:
@@ -141,6 +144,7 @@ def _scan_fwd_kernel(
     l_end = tl.minimum(l_start + chunk_len, L)
     for l0 in range(l_start, l_end, BLOCK_L):
         offs_l = l0 + offs_t
+        l_col = offs_l[:, None]
         mask_l = offs_l < l_end
         m2 = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
@@ -148,9 +152,9 @@ def _scan_fwd_kernel(
             # The backward starts each of its tiles (segments of SEG steps) from these states.
             if l0 % SEG == 0:
                 tl.store(segs_ptr + (b * n_segs + l0 // SEG) * dim * DSTATE + nd_idx, h, mask=mask_nd)
-        dt = _delta_tile(_ld_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_l, offs_d, m2), bias, m2, HAS_BIAS,
+        dt = _delta_tile(_load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_row, l_col, m2), bias, m2, HAS_BIAS,
                          SOFTPLUS)
-        uu = _ld_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_l, offs_d, m2)
+        uu = _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, d_row, l_col, m2)
         if SUM_DELTA:
             dsum += tl.sum(dt, axis=0)
         a = tl.exp2(dt[:, None, :] * A2[None, :, :])
@@ -172,7 +176,7 @@ def _scan_fwd_kernel(
             if HAS_D:
                 yt += Dv[None, :] * uu
             if HAS_Z:
-                zz = _ld_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_l, offs_d, m2)
+                zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, d_row, l_col, m2)
                 yt = yt * zz * tl.sigmoid(zz)
             tl.store(y_ptr + b * s_y_b + offs_l[:, None] * s_y_l + offs_d[None, :] * s_y_d,
                      yt.to(y_ptr.dtype.element_ty), mask=m2)
@@ -199,6 +203,7 @@ def _adjoint_local_kernel(
     # exp(A S_t) <= 1 (A < 0, S_t >= 0): it underflows towards 0 as the product does, never overflows.
     b, c, g, offs_d, offs_n, mask_d, mask_n, mask_nd, nd_idx = _ld_block(dim, dim_per_group, DSTATE, N_P2, BLOCK_D)
     offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
+    d_row = offs_d[None, :]
     A2 = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0) * 1.4426950408889634
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
@@ -212,13 +217,14 @@ def _adjoint_local_kernel(
     l_end = tl.minimum(l_start + chunk_len, L)
     for l0 in range(l_start, l_end, BLOCK_L):
         offs_l = l0 + offs_t
+        l_col = offs_l[:, None]
         mask_l = offs_l < l_end
         m2 = mask_l[:, None] & mask_d[None, :]
-        dt = _delta_tile(_ld_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_l, offs_d, m2), bias, m2, HAS_BIAS,
+        dt = _delta_tile(_load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_row, l_col, m2), bias, m2, HAS_BIAS,
                          SOFTPLUS)
-        dyg = _ld_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, offs_l, offs_d, m2)
+        dyg = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, d_row, l_col, m2)
         if HAS_Z:
-            zz = _ld_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_l, offs_d, m2)
+            zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, d_row, l_col, m2)
             dyg = dyg * zz * tl.sigmoid(zz)
         St = S[None, :] + tl.cumsum(dt, axis=0)
         if C_CONST:
@@ -263,10 +269,6 @@ def _carry_chunks_kernel(
     tl.store(out_ptr + (b * dim + offs_d[:, None]) * DSTATE + offs_n[None, :], s, mask=mask_dn)
 
 
-@triton.jit
-def _load_tile(ptr, b, s_b, s_d, s_l, offs_d, offs_l, mask):
-    # A (BLOCK_D, BLOCK_T) tile of a (batch, dim, L) tensor, as fp32.
-    return tl.load(ptr + b * s_b + offs_d[:, None] * s_d + offs_l[None, :] * s_l, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -330,6 +332,7 @@ def _scan_bwd_kernel(
             # One channel block of the chunk, right to left over its tiles.
             g = d0 // dim_per_group
             offs_d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+            d_col = offs_d[:, None]
             mask_d = offs_d < dim
             dn_idx = offs_d[:, None] * DSTATE + col
             mask_dn = mask_d[:, None] & (col < DSTATE)
@@ -356,11 +359,12 @@ def _scan_bwd_kernel(
             for i in range(0, n_tiles):
                 l0 = l_start + (n_tiles - 1 - i) * BLOCK_T
                 offs_l = l0 + offs_t
+                l_row = offs_l[None, :]
                 mask_l = offs_l < l_end
                 m2 = mask_d[:, None] & mask_l[None, :]
                 # Only dt, dt*u and the gated dy live through the state loop; what the end of the tile
                 # needs besides is loaded again there (cache hits), as holding it spilled registers.
-                dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_d, offs_l, m2)
+                dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_col, l_row, m2)
                 if HAS_BIAS:
                     dt_raw = dt_raw + bias[:, None]
                 if SOFTPLUS:
@@ -368,11 +372,11 @@ def _scan_bwd_kernel(
                 else:
                     dt = dt_raw
                 dt = tl.where(m2, dt, 0.0)
-                dyg = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, offs_d, offs_l, m2)
+                dyg = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, d_col, l_row, m2)
                 if HAS_Z:
-                    zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_d, offs_l, m2)
+                    zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, d_col, l_row, m2)
                     dyg = dyg * zz * tl.sigmoid(zz)
-                dtu = dt * _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_d, offs_l, m2)
+                dtu = dt * _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, d_col, l_row, m2)
                 y_pre = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
                 gB_sum = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # sum_n g B_n
                 gdA_sum = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)  # sum_n g A_n a_t h_{t-1}
@@ -406,21 +410,21 @@ def _scan_bwd_kernel(
                                              C_CONST)
                     carry = tl.where(col == n, new[:, None], carry)
                 o_idx = b * s_o_b + offs_d[:, None] * s_o_d + offs_l[None, :] * s_o_l
-                uu = _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, offs_d, offs_l, m2)
+                uu = _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, d_col, l_row, m2)
                 du = gB_sum * dt
                 if HAS_D:
                     dD_acc += tl.sum(dyg * uu, axis=1)
                     du += dyg * Dv[:, None]
                     y_pre += Dv[:, None] * uu
                 if HAS_Z:
-                    dy = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, offs_d, offs_l, m2)
-                    zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, offs_d, offs_l, m2)
+                    dy = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, d_col, l_row, m2)
+                    zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, d_col, l_row, m2)
                     sz = tl.sigmoid(zz)
                     dz = dy * y_pre * sz * (1.0 + zz * (1.0 - sz))
                     tl.store(dz_ptr + o_idx, dz.to(dz_ptr.dtype.element_ty), mask=m2)
                 ddt = gdA_sum + gB_sum * uu
                 if SOFTPLUS:
-                    dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, offs_d, offs_l, m2)
+                    dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_col, l_row, m2)
                     if HAS_BIAS:
                         dt_raw = dt_raw + bias[:, None]
                     ddt = ddt * tl.sigmoid(dt_raw)
