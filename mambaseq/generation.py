@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .kernels import sample_token
+from .kernels.reference import record_token
 from .models import InferenceCache, MambaLM
 from .models.cache import get_slot, set_slot, tensor_slots
 
@@ -47,8 +48,8 @@ def sample_next(logits: Tensor, config: SamplingConfig, generator: torch.Generat
     `noise`, (batch, vocab) independent Exp(1) draws (> 0), it is the exponential race instead:
     argmax_i p_i / E_i is distributed as Categorical(p), since E_i / p_i ~ Exp(rate p_i) and the
     smallest of independent exponentials is i with probability p_i / sum(p); taken in log space,
-    argmax_i logits_i / temperature - log E_i (the softmax's normaliser changes no argmax). Same distribution, but
-    no host synchronisation and no hidden RNG, so it can run inside a CUDA graph.
+    argmax_i logits_i / temperature - log E_i (the softmax's normaliser changes no argmax). Same
+    distribution, but no host synchronisation and no hidden RNG, so it can run inside a CUDA graph.
     """
     if config.temperature == 0:
         return logits.argmax(-1)
@@ -229,12 +230,9 @@ class _ChunkSampler:
             noise = None if self.noise is None else self.noise[j]
             if plain:  # one fused op on CUDA: draw, score and record (kernels.sample_token)
                 token = sample_token(logits, noise, self.sampling.temperature, self.tokens[:, j], self.log_likelihood)
-            else:
-                token = sample_next(logits, self.sampling, noise=noise)
-                # The model's own log-likelihood: temperature 1, no filtering.
-                log_p = torch.log_softmax(logits.float(), dim=-1).gather(1, token[:, None])[:, 0]
-                self.log_likelihood.add_(log_p)
-                self.tokens[:, j].copy_(token)
+            else:  # the model's own log-likelihood all the same: temperature 1, no filtering
+                token = record_token(logits, sample_next(logits, self.sampling, noise=noise), self.tokens[:, j],
+                                     self.log_likelihood)
             self.logits.copy_(self.model.step(token, self.cache))
             self._pin()
 

@@ -16,6 +16,18 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
 
 
+def flat_grads(model: torch.nn.Module) -> torch.Tensor:
+    """Every parameter's gradient of `model`, flattened into one vector (to compare two backward passes)."""
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def mean_nll_grads(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """`flat_grads` of a causal LM module's mean next-token loss on `batch` (its `_nll`)."""
+    nll, tokens = module._nll(batch)
+    (nll / tokens).backward()
+    return flat_grads(module.model)
+
+
 def script_validation(monkeypatch: pytest.MonkeyPatch, module_cls: type, metric: str,
                       script: dict[int, float]) -> None:
     """Make `module_cls`'s validation report `script[step]` as `metric` in place of its own figure, so a

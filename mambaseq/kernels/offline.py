@@ -24,8 +24,8 @@ def compile_kernel(kernel: Any, args: list, constexprs: dict, *, num_warps: int,
     any device, the meta device included: only dtypes and strides matter) and constexprs.
 
     `options` are further compile options of a launch (e.g. maxnreg). Arguments are specialised as a
-    launch specialises them: None and ints equal to 1 become
-    constants, pointers are 16-byte aligned (torch's allocations), ints divisible by 16 are marked so.
+    launch specialises them: None and ints equal to 1 become constants, pointers are 16-byte aligned
+    (torch's allocations), ints divisible by 16 are marked so.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -487,6 +487,12 @@ def sample_token_ref(logits: Tensor, noise: Tensor | None, temperature: float, t
         token = x.argmax(-1)
     else:
         token = (x / temperature - noise.log()).argmax(-1)
-    log_likelihood.add_(torch.log_softmax(x, dim=-1).gather(1, token[:, None])[:, 0])
-    tokens.copy_(token)
-    return tokens
+    return record_token(x, token, tokens, log_likelihood)
+
+
+def record_token(logits: Tensor, token: Tensor, tokens: Tensor, log_likelihood: Tensor) -> Tensor:
+    """The recording half of `sample_token_ref` for a token drawn elsewhere (filtered sampling):
+    `token` (batch,) written into `tokens`, its log-probability under `logits` (batch, vocab) at
+    temperature 1, unfiltered, added to `log_likelihood` (batch,) float64. Returns tokens."""
+    log_likelihood.add_(torch.log_softmax(logits.float(), dim=-1).gather(1, token[:, None])[:, 0])
+    return tokens.copy_(token)

@@ -88,6 +88,15 @@ def _ld_block(dim, dim_per_group, DSTATE: tl.constexpr, N_P2: tl.constexpr, BLOC
 
 
 @triton.jit
+def _ld_steps(l0, offs_t, l_end, mask_d):
+    # The steps of the forward-layout tile starting at l0: indices, as a column, the steps before
+    # l_end, and the (BLOCK_L, BLOCK_D) mask.
+    offs_l = l0 + offs_t
+    mask_l = offs_l < l_end
+    return offs_l, offs_l[:, None], mask_l, mask_l[:, None] & mask_d[None, :]
+
+
+@triton.jit
 def _load_tile(ptr, b, s_b, s_d, s_l, d_idx, l_idx, mask):
     # A tile of a (batch, dim, L) tensor, as fp32, laid out as the channel and step indices broadcast:
     # (BLOCK_L, BLOCK_D) for the forward's offs_d[None, :] and offs_l[:, None], (BLOCK_D, BLOCK_T) for
@@ -143,10 +152,7 @@ def _scan_fwd_kernel(
     l_start = c * chunk_len
     l_end = tl.minimum(l_start + chunk_len, L)
     for l0 in range(l_start, l_end, BLOCK_L):
-        offs_l = l0 + offs_t
-        l_col = offs_l[:, None]
-        mask_l = offs_l < l_end
-        m2 = mask_l[:, None] & mask_d[None, :]
+        offs_l, l_col, mask_l, m2 = _ld_steps(l0, offs_t, l_end, mask_d)
         mask_ln = mask_l[:, None] & mask_n[None, :]
         if SAVE_SEGS:
             # The backward starts each of its tiles (segments of SEG steps) from these states.
@@ -216,10 +222,7 @@ def _adjoint_local_kernel(
     l_start = c * chunk_len
     l_end = tl.minimum(l_start + chunk_len, L)
     for l0 in range(l_start, l_end, BLOCK_L):
-        offs_l = l0 + offs_t
-        l_col = offs_l[:, None]
-        mask_l = offs_l < l_end
-        m2 = mask_l[:, None] & mask_d[None, :]
+        offs_l, l_col, mask_l, m2 = _ld_steps(l0, offs_t, l_end, mask_d)
         dt = _delta_tile(_load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_row, l_col, m2), bias, m2, HAS_BIAS,
                          SOFTPLUS)
         dyg = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, d_row, l_col, m2)

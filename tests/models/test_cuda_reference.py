@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import rel_err
+from helpers import flat_grads, rel_err
 
 from mambaseq import MambaConfig, MambaLM
 
@@ -55,7 +55,7 @@ def test_triton_model_matches_reference_model(seed, monkeypatch, L):
         loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
         loss.backward()
         results[backend] = (logits.detach(), loss.item(),
-                            torch.cat([p.grad.flatten() for p in model.parameters()]))
+                            flat_grads(model))
     assert rel_err(results["auto"][0], results["reference"][0]) < 1e-5
     assert results["auto"][1] == pytest.approx(results["reference"][1], rel=1e-5)
     assert rel_err(results["auto"][2], results["reference"][2]) < 1e-4

@@ -7,7 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from helpers import rel_err
+from helpers import flat_grads, rel_err
 from torch.utils.data import DataLoader
 
 from mambaseq import MambaConfig
@@ -85,7 +85,7 @@ def test_activation_checkpointing_of_a_unet_gives_the_same_gradients(seed):
     for module in (plain, checkpointed):
         nll, count = masked_nll(module.model, ids, mask)
         (nll / count).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters()]))
+        grads.append(flat_grads(module.model))
     assert rel_err(grads[1], grads[0]) < 1e-6
 
 
@@ -102,7 +102,7 @@ def test_chunked_training_gives_the_same_loss_and_gradients(seed, architecture):
         nll, count = module._train_nll(ids, mask)
         (nll / count).backward()
         losses.append(nll.detach())
-        grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters()]))
+        grads.append(flat_grads(module.model))
     assert rel_err(losses[1], losses[0]) < 1e-6
     assert rel_err(grads[1], grads[0]) < 1e-5
 

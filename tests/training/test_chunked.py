@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import rel_err
+from helpers import flat_grads, mean_nll_grads, rel_err
 
 from mambaseq import MambaConfig, kernels
 from mambaseq.models import MambaLM, SashimiConfig, SashimiLM
@@ -54,7 +54,7 @@ def _loss_and_grads(model, loss_fn):
     model.zero_grad(set_to_none=True)
     loss = loss_fn()
     loss.backward()
-    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+    return loss.detach(), flat_grads(model)
 
 
 @pytest.mark.parametrize("chunk_tokens", [1, 5, 16, 29, 58, 64])
@@ -170,11 +170,7 @@ def test_module_with_chunks_gives_the_plain_gradients(seed):
     plain, chunked = CausalLMModule(config), CausalLMModule(config, chunk_tokens=6)
     chunked.model.load_state_dict(plain.model.state_dict())
     batch = torch.randint(0, VOCAB, (2, 21))
-    grads = []
-    for module in (plain, chunked):
-        nll, tokens = module._nll(batch)
-        (nll / tokens).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in module.model.parameters()]))
+    grads = [mean_nll_grads(module, batch) for module in (plain, chunked)]
     assert rel_err(grads[1], grads[0]) < 1e-5
 
 
