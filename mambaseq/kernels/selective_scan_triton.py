@@ -105,6 +105,16 @@ def _load_tile(ptr, b, s_b, s_d, s_l, d_idx, l_idx, mask):
 
 
 @triton.jit
+def _bias_row(bias_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    # delta_bias of a channel block; zeros without one (then never read: _delta_tile adds it only under
+    # HAS_BIAS). Both branches return the same shape, as Triton 3.6 requires.
+    if HAS_BIAS:
+        return tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    else:
+        return tl.zeros([BLOCK_D], dtype=tl.float32)
+
+
+@triton.jit
 def _delta_tile(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     # dt = softplus(delta + bias) of a (BLOCK_L, BLOCK_D) tile, 0 at padding steps (no decay, no input).
     if HAS_BIAS:
@@ -137,10 +147,7 @@ def _scan_fwd_kernel(
         h = tl.load(h_in_ptr + state_idx, mask=mask_nd, other=0.0)
     else:
         h = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    else:  # not read: _delta_tile adds it only under HAS_BIAS
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    bias = _bias_row(bias_ptr, offs_d, mask_d, HAS_BIAS, BLOCK_D)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     if B_CONST:
@@ -211,10 +218,7 @@ def _adjoint_local_kernel(
     offs_t = tl.arange(0, BLOCK_L).to(tl.int64)
     d_row = offs_d[None, :]
     A2 = tl.load(A_ptr + nd_idx, mask=mask_nd, other=0.0) * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
-    else:  # not read: _delta_tile adds it only under HAS_BIAS
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    bias = _bias_row(bias_ptr, offs_d, mask_d, HAS_BIAS, BLOCK_D)
     if C_CONST:
         C_nd = tl.load(C_ptr + nd_idx, mask=mask_nd, other=0.0)
     G = tl.zeros([N_P2, BLOCK_D], dtype=tl.float32)
