@@ -200,6 +200,15 @@ def host_profile(calls: int = 300) -> dict:
         pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
         out[f"{name}_profile"] = text.getvalue()
         print(f"{name}: {out[f'{name}_us_per_call']:.1f} us per call\n{text.getvalue()}", flush=True)
+        # The operations of one call as torch's profiler lists them: launches, allocations, casts.
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                fn()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=40)
+        out[f"{name}_ops"] = table
+        print(table, flush=True)
     return out
 
 

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS
+from .device import LAUNCH_OPTIONS, cdiv, next_power_of_2
+from .launch import launch
 
 
 @triton.jit
@@ -138,8 +139,8 @@ class CausalConv1dFn(torch.autograd.Function):
         weight = weight.reshape(dim, width).contiguous()
         init = initial_state.contiguous() if initial_state is not None else None
         y = torch.empty(batch, dim, L, device=x.device, dtype=x.dtype)
-        grid = (batch * triton.cdiv(dim, BLOCK_D), triton.cdiv(L, BLOCK_L))
-        _conv_fwd_kernel[grid](x, weight, bias, init, y, dim, L, *x.stride(), *y.stride(),
+        grid = (batch * cdiv(dim, BLOCK_D), cdiv(L, BLOCK_L))
+        launch(_conv_fwd_kernel, grid, x, weight, bias, init, y, dim, L, *x.stride(), *y.stride(),
                                WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu,
                                BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L, **LAUNCH_OPTIONS)
         ctx.silu = silu
@@ -151,16 +152,16 @@ class CausalConv1dFn(torch.autograd.Function):
         x, weight, bias, init = ctx.saved_tensors
         batch, dim, L = x.shape
         width = weight.shape[-1]
-        grid = (batch * triton.cdiv(dim, BLOCK_D), triton.cdiv(L, BLOCK_L))
+        grid = (batch * cdiv(dim, BLOCK_D), cdiv(L, BLOCK_L))
         dpre = torch.empty(batch, dim, L, device=x.device, dtype=torch.float32)
         dw_part = torch.empty(batch, grid[1], dim, width, device=x.device, dtype=torch.float32)
         dbias_part = torch.empty(batch, grid[1], dim, device=x.device, dtype=torch.float32)
-        _conv_bwd_dpre_kernel[grid](x, weight, bias, init, dy, dpre, dw_part, dbias_part, dim, L,
+        launch(_conv_bwd_dpre_kernel, grid, x, weight, bias, init, dy, dpre, dw_part, dbias_part, dim, L,
                                     *x.stride(), *dy.stride(), WIDTH=width, HAS_BIAS=bias is not None,
                                     HAS_INIT=init is not None, SILU=ctx.silu, BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L,
                                     **LAUNCH_OPTIONS)
         dx = torch.empty(batch, dim, L, device=x.device, dtype=x.dtype)
-        _conv_bwd_dx_kernel[grid](dpre, weight, dx, dim, L, *dx.stride(), WIDTH=width, BLOCK_D=BLOCK_D,
+        launch(_conv_bwd_dx_kernel, grid, dpre, weight, dx, dim, L, *dx.stride(), WIDTH=width, BLOCK_D=BLOCK_D,
                                   BLOCK_L=BLOCK_L, **LAUNCH_OPTIONS)
         dinit = None
         if init is not None:
@@ -245,8 +246,8 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
     width = weight.shape[-1]
     weight = weight.reshape(dim, width).contiguous()
     y = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
-    block = min(256, triton.next_power_of_2(dim))
-    _conv_update_kernel[(batch, triton.cdiv(dim, block))](
+    block = min(256, next_power_of_2(dim))
+    launch(_conv_update_kernel, (batch, cdiv(dim, block)),
         x, conv_state, weight, bias, y, dim, *x.stride(), *conv_state.stride(),
         WIDTH=width, HAS_BIAS=bias is not None, SILU=activation == "silu", BLOCK_D=block, **LAUNCH_OPTIONS)
     return y

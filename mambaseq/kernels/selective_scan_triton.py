@@ -44,7 +44,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS, sm_count
+from .device import LAUNCH_OPTIONS, cdiv, next_power_of_2, sm_count
+from .launch import launch
 
 
 @triton.jit
@@ -468,15 +469,17 @@ BWD_PROGRAMS_PER_SM = 8
 SPLIT_BYTES = 2**30
 TARGET_WARPS_PER_SM = 8  # chunking target; 8 beat 16 and 32 on the anchor grid (RESULTS.md)
 MIN_CHUNK_TILES = 4
-# Shorter sequences run as one chunk: a split costs two more launches and a few buffers (about
-# 0.1 ms of host time, RESULTS.md), more than the GPU time it saves when the call is host-bound.
+# Shorter sequences run as one chunk. A split saves most of a short call's GPU time (batch 1, dim
+# 1024, L 512, chunks of 64 steps: forward+backward 366 -> 104 us of kernels) but costs four more
+# launches and five buffers, and such a call is host-bound: timed in alternation, forward+backward
+# took 1.02 ms as one chunk and 1.29 ms split at L 512 (0.94 and 1.24 at L 1024; RESULTS.md).
 SPLIT_FROM_L = 2048
 
 
 def _block_d(dim_per_group: int, n_groups: int, block_d: int | None, num_warps: int) -> int:
     if block_d is None:
         block_d = 32 * num_warps  # one channel per thread
-    block_d = min(block_d, triton.next_power_of_2(dim_per_group))
+    block_d = min(block_d, next_power_of_2(dim_per_group))
     if n_groups > 1:
         # A block of channels must stay inside one group of B/C.
         while dim_per_group % block_d:
@@ -488,7 +491,7 @@ def _num_splits(plan: _Plan, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     programs = BWD_PROGRAMS_PER_SM * sm_count(device)
-    return max(1, min(triton.cdiv(programs, plan.n_chunks * plan.batch), plan.max_splits()))
+    return max(1, min(cdiv(programs, plan.n_chunks * plan.batch), plan.max_splits()))
 
 
 def _strides3(x: Tensor) -> tuple[int, int, int]:
@@ -524,7 +527,7 @@ class _Plan:
                  chunk_len: int | None, fwd: dict, bwd: dict, device: torch.device) -> None:
         self.batch, self.dim, self.L = shape
         self.N = N
-        self.N_P2 = triton.next_power_of_2(self.N)
+        self.N_P2 = next_power_of_2(self.N)
         self.const_b, self.const_c = const_b, const_c
         self.G = G
         self.dim_per_group = self.dim // self.G
@@ -535,16 +538,16 @@ class _Plan:
         # forward tile starts must hit, and chunks hold whole backward tiles.
         self.seg = self.bwd["block_t"] = max(self.bwd["block_t"], self.fwd["block_l"])
         if chunk_len is None:
-            chunk_len = triton.cdiv(self.L, self._num_chunks(device))
-        self.chunk_len = max(self.seg, triton.cdiv(chunk_len, self.seg) * self.seg)
-        self.n_chunks = max(1, triton.cdiv(self.L, self.chunk_len))
-        self.n_segs = max(1, triton.cdiv(self.L, self.seg))
+            chunk_len = cdiv(self.L, self._num_chunks(device))
+        self.chunk_len = max(self.seg, cdiv(chunk_len, self.seg) * self.seg)
+        self.n_chunks = max(1, cdiv(self.L, self.chunk_len))
+        self.n_segs = max(1, cdiv(self.L, self.seg))
 
     def max_splits(self) -> int:
         """How many programs may share the channel blocks of one chunk in the backward (each
         split keeps a partial copy of dB and dC)."""
         copy_bytes = 2 * self.batch * self.G * self.N * self.L * 4
-        return max(1, min(triton.cdiv(self.dim, self.bwd["block_d"]), SPLIT_BYTES // copy_bytes))
+        return max(1, min(cdiv(self.dim, self.bwd["block_d"]), SPLIT_BYTES // copy_bytes))
 
     def _num_chunks(self, device: torch.device) -> int:
         if device.type != "cuda" or self.L < SPLIT_FROM_L:
@@ -555,13 +558,13 @@ class _Plan:
         # forward, until TARGET_WARPS_PER_SM; for the backward, until BWD_PROGRAMS_PER_SM once
         # the channel blocks are split as far as memory allows.
         min_chunk = max(MIN_CHUNK_TILES * self.fwd["block_l"], self.seg)
-        fwd_programs = self.batch * triton.cdiv(self.dim, self.fwd["block_d"]) * self.fwd["num_warps"]
+        fwd_programs = self.batch * cdiv(self.dim, self.fwd["block_d"]) * self.fwd["num_warps"]
         wanted = max((TARGET_WARPS_PER_SM * sms) // fwd_programs,
-                     triton.cdiv(BWD_PROGRAMS_PER_SM * sms, self.batch * self.max_splits()))
+                     cdiv(BWD_PROGRAMS_PER_SM * sms, self.batch * self.max_splits()))
         return max(1, min(wanted, self.L // min_chunk))
 
     def grid(self, tile: dict) -> tuple[int, int]:
-        return (self.batch * triton.cdiv(self.dim, tile["block_d"]), self.n_chunks)
+        return (self.batch * cdiv(self.dim, tile["block_d"]), self.n_chunks)
 
     def meta(self, tile: dict) -> dict:
         return dict(DSTATE=self.N, N_P2=self.N_P2, BLOCK_D=tile["block_d"], B_CONST=self.const_b,
@@ -581,7 +584,7 @@ def _states(plan: _Plan, n: int, like: Tensor) -> Tensor:
 def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h_in, h_out, segs, dsum,
                 write_y: bool, sum_delta: bool) -> None:
     # h_in None: every chunk starts from zero (no buffer, no fill).
-    _scan_fwd_kernel[plan.grid(plan.fwd)](
+    launch(_scan_fwd_kernel, plan.grid(plan.fwd),
         u, delta, delta_bias, A, B, C, D, z, y, h_in, h_out, segs, dsum,
         plan.L, plan.chunk_len, plan.n_chunks, plan.n_segs, plan.dim, plan.dim_per_group,
         *_strides3(u), *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)),
@@ -604,7 +607,7 @@ def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0
         local = _states(plan, plan.n_chunks, u)
         _fwd_launch(plan, *inputs, None, None, local, None, dsum, write_y=False, sum_delta=True)
         starts = _states(plan, plan.n_chunks, u)
-        _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
+        launch(_carry_chunks_kernel, (plan.batch * cdiv(plan.dim, 32),),
             A, dsum, local, starts, h0, final, plan.n_chunks, plan.dim,
             DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False, HAS_H0=h0 is not None, **LAUNCH_OPTIONS)
     ends = _states(plan, plan.n_chunks, u)
@@ -616,7 +619,7 @@ def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0
 
 
 def _adjoint_local_launch(plan: _Plan, delta, delta_bias, A, C, z, dy, softplus, gloc) -> None:
-    _adjoint_local_kernel[plan.grid(plan.fwd)](
+    launch(_adjoint_local_kernel, plan.grid(plan.fwd),
         delta, delta_bias, A, C, z, dy, gloc, plan.L, plan.chunk_len, plan.n_chunks, plan.dim, plan.dim_per_group,
         *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy), *_bc_strides(C),
         DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=plan.fwd["block_d"], BLOCK_L=plan.fwd["block_l"],
@@ -647,10 +650,10 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
     du = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=u.dtype)
     ddelta = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=delta.dtype)
     dz = torch.empty(plan.batch, plan.dim, plan.L, device=dev, dtype=z.dtype) if z is not None else None
-    n_dblocks = triton.cdiv(plan.dim, plan.bwd["block_d"])
+    n_dblocks = cdiv(plan.dim, plan.bwd["block_d"])
     n_splits = _num_splits(plan, dev)
-    per_split = triton.cdiv(n_dblocks, n_splits)
-    n_splits = triton.cdiv(n_dblocks, per_split)
+    per_split = cdiv(n_dblocks, n_splits)
+    n_splits = cdiv(n_dblocks, per_split)
     # The per-split copies of dB and dC, zeroed in one allocation (and summed in one reduction below):
     # a short call's host time goes in such small operations (RESULTS.md).
     n_copied = (not plan.const_b) + (not plan.const_c)
@@ -674,11 +677,11 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
         gloc = _states(plan, plan.n_chunks, u)
         _adjoint_local_launch(plan, delta, delta_bias, A, C, z, dy, softplus, gloc)
         carry = _states(plan, plan.n_chunks, u)
-        _carry_chunks_kernel[(plan.batch * triton.cdiv(plan.dim, 32),)](
+        launch(_carry_chunks_kernel, (plan.batch * cdiv(plan.dim, 32),),
             A, dsum, gloc, carry, dfinal, dh0, plan.n_chunks, plan.dim,
             DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True, HAS_H0=dfinal is not None, **LAUNCH_OPTIONS)
     args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, n_splits, per_split)
-    _scan_bwd_kernel[(plan.n_chunks * plan.batch * n_splits,)](*args, **constexprs, **_launch_options(plan.bwd))
+    launch(_scan_bwd_kernel, (plan.n_chunks * plan.batch * n_splits,), *args, **constexprs, **_launch_options(plan.bwd))
     summed = copies.sum(1) if n_splits > 1 else copies[:, 0]
     dA = _partial_sum(parts)
     dD = _partial_sum(dD_part) if D is not None else None
@@ -709,7 +712,7 @@ def compile_bwd_offline(batch: int = 8, dim: int = 1536, seqlen: int = 2048, d_s
     """
     from .offline import compile_kernel, ops_by_loop_depth, ptx_by_loop_depth, ptxas_usage
 
-    plan = _Plan((batch, dim, seqlen), d_state, False, False, 1, triton.cdiv(seqlen, n_chunks), {},
+    plan = _Plan((batch, dim, seqlen), d_state, False, False, 1, cdiv(seqlen, n_chunks), {},
                  {k: v for k, v in bwd_tile.items() if v is not None}, torch.device("meta"))
 
     def empty(*shape: int, dt: torch.dtype = torch.float32) -> Tensor:

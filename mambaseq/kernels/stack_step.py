@@ -66,7 +66,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS, sm_count
+from .device import LAUNCH_OPTIONS, cdiv, next_power_of_2, sm_count
+from .launch import launch
 from .stack_weights import StackWeights
 
 BLOCK_B_ENV = "MAMBASEQ_STACK_BLOCK_B"  # rows per program, to tune without code changes
@@ -370,7 +371,7 @@ def _stack_step_kernel(
 
 
 def _pow2(n: int) -> int:
-    return triton.next_power_of_2(max(1, n))
+    return next_power_of_2(max(1, n))
 
 
 def _fit(budget: int, limit: int) -> int:
@@ -390,7 +391,7 @@ def _block_b(batch: int, device: torch.device) -> int:
     if device.type == "cuda":
         return 1
     block = 1
-    while block < 32 and triton.cdiv(batch, block) > sm_count(device):
+    while block < 32 and cdiv(batch, block) > sm_count(device):
         block *= 2
     return block
 
@@ -468,9 +469,9 @@ def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor
     out = torch.empty(2, batch, w.d_model, device=residual.device, dtype=residual.dtype)
     args, constexprs = _arguments(residual, out, conv_state, ssm_state, scratch, w, batch, block_b)
     # No software pipelining (num_stages=1): a prefetch must never move a load across a barrier.
-    programs = triton.cdiv(batch, block_b)
+    programs = cdiv(batch, block_b)
     num_warps = num_warps or _num_warps(programs, residual.device)
-    _stack_step_kernel[(programs,)](*args, **constexprs, num_warps=num_warps, num_stages=1, **LAUNCH_OPTIONS)
+    launch(_stack_step_kernel, (programs,), *args, **constexprs, num_warps=num_warps, num_stages=1, **LAUNCH_OPTIONS)
     return out[0]
 
 

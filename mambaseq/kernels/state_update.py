@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS
+from .device import LAUNCH_OPTIONS, cdiv, next_power_of_2
+from .launch import launch
 
 
 @triton.jit
@@ -80,11 +81,11 @@ def selective_state_update(
     C = C.unsqueeze(1) if C.dim() == 2 else C
     A = A.float().contiguous()
     y = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
-    block = min(64, triton.next_power_of_2(dim))
+    block = min(64, next_power_of_2(dim))
     zs = z.stride() if z is not None else (0, 0)
-    _state_update_kernel[(batch, triton.cdiv(dim, block))](
+    launch(_state_update_kernel, (batch, cdiv(dim, block)),
         state, x, dt, A, B, C, D, z, dt_bias, y, dim, dim // B.shape[1], *state.stride(), *x.stride(),
         *dt.stride(), *zs, *B.stride(), *C.stride(),
-        DSTATE=N, N_P2=triton.next_power_of_2(N), BLOCK_D=block, HAS_D=D is not None, HAS_Z=z is not None,
+        DSTATE=N, N_P2=next_power_of_2(N), BLOCK_D=block, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, **LAUNCH_OPTIONS)
     return y

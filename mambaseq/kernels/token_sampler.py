@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS
+from .device import LAUNCH_OPTIONS, next_power_of_2
+from .launch import launch
 
 
 @triton.jit
@@ -51,8 +52,8 @@ def sample_token(logits: Tensor, noise: Tensor | None, temperature: float, token
     batch, vocab = logits.shape
     greedy = temperature == 0 or noise is None
     e = logits if greedy else noise  # any pointer when greedy: never read
-    _sample_token_kernel[(batch,)](
+    launch(_sample_token_kernel, (batch,),
         logits, e, tokens, log_likelihood, vocab, float(temperature) if not greedy else 1.0,
         *logits.stride(), *e.stride(), tokens.stride(0), log_likelihood.stride(0),
-        GREEDY=greedy, BLOCK_V=triton.next_power_of_2(vocab), num_warps=1 if vocab <= 1024 else 4, **LAUNCH_OPTIONS)
+        GREEDY=greedy, BLOCK_V=next_power_of_2(vocab), num_warps=1 if vocab <= 1024 else 4, **LAUNCH_OPTIONS)
     return tokens

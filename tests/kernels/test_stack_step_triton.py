@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -48,17 +49,29 @@ def random_states(w, batch, state_dtype):
     return conv, ssm
 
 
+def exact_weights(w):
+    """The same weight values in fp32: the reference run on them rounds nothing to the model dtype."""
+    return dataclasses.replace(w, **{f.name: getattr(w, f.name).float() for f in dataclasses.fields(w)
+                                     if isinstance(getattr(w, f.name), torch.Tensor)})
+
+
 def check_steps(w, batch, residual_dtype, tol, block_b=None, steps=3):
+    """Steps the kernel and the reference side by side. In bf16 both round activations after every
+    block, so over a deep stack two bf16 paths drift apart by about as much as either does from
+    exact math (8 layers, 3 steps: ~1%); they are held to the fp32-math reference instead, and the
+    kernel may be off it by at most `tol` or twice as much as the bf16 reference is."""
     conv, ssm = random_states(w, batch, w.dtype)
     conv_ref, ssm_ref = conv.clone(), ssm.clone()
+    low = w.dtype != torch.float32
+    w_exact, conv_exact, ssm_exact = (exact_weights(w), conv.float(), ssm.clone()) if low else (w, conv_ref, ssm_ref)
     for _ in range(steps):
         residual = torch.randn(batch, w.d_model, device=DEVICE).to(residual_dtype)
         out = mamba_stack_step(residual, w, conv, ssm, block_b=block_b)
         ref = mamba_stack_step_ref(residual, w, conv_ref, ssm_ref)
+        exact = mamba_stack_step_ref(residual.float(), w_exact, conv_exact, ssm_exact) if low else ref
         assert out.dtype == residual_dtype
-        assert rel_err(out, ref) < tol
-        assert rel_err(conv, conv_ref) < tol
-        assert rel_err(ssm, ssm_ref) < tol
+        for got, low_ref, want in ((out, ref, exact), (conv, conv_ref, conv_exact), (ssm, ssm_ref, ssm_exact)):
+            assert rel_err(got, want) < max(tol, 2 * rel_err(low_ref, want))
 
 
 # (d_model, n_layer, batch, d_conv, d_state, block_b): block_b None is the default heuristic,
