@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-triton = pytest.importorskip("triton")
+import triton
 
 from mambaseq.kernels.device import cdiv, next_power_of_2
 
