@@ -16,7 +16,8 @@ whether its address is 16-byte aligned, which arguments are None, the keyword ar
 grid, or while a launch hook (a profiler) is set go through the JIT entry every time.
 
 Runtime arguments are passed by position and constexprs by keyword, as every kernel of this
-package is called.
+package is called. Triton knobs changed after a kernel's first launch (debug, instrumentation) are
+not part of the key: call `clear_launch_cache()` after changing them.
 """
 
 from __future__ import annotations
