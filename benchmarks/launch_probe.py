@@ -125,15 +125,11 @@ def launches() -> dict:
     return out
 
 
-def kernel_sum_us(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            fn()
-        torch.cuda.synchronize()
-    ev = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    return sum(e.time_range.end - e.time_range.start for e in ev) / 5
+def kernel_sum_us(fn, calls: int = 5) -> float:
+    """GPU time of one call of `fn`: its kernels' durations summed, averaged over `calls` calls."""
+    from scan import cuda_kernels
+
+    return sum(k["ms"] for k in cuda_kernels(fn, calls)) * 1e3 / calls
 
 
 def chunking() -> list[dict]:

@@ -109,24 +109,35 @@ def breakdown() -> list[dict]:
     return out
 
 
+def cuda_kernels(fn, calls: int = 1) -> list[dict]:
+    """The GPU kernels of `calls` calls of `fn` (after one untimed call), in launch order, with their
+    durations in ms (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+    return [dict(name=e.name[:60], ms=(e.time_range.end - e.time_range.start) / 1e3) for e in kernels]
+
+
 def kernel_times() -> list[dict]:
     """GPU time of every kernel of one forward+backward (torch.profiler), in launch order, at the
     three breakdown shapes (bf16): which pass of the chunked scan costs what."""
-    from torch.profiler import ProfilerActivity, profile
-
     out = []
     for batch, dim, L in [(8, 1536, 2048), (1, 1024, 131072), (1, 256, 2**20)]:
         x = make_inputs(batch, dim, 16, L, torch.bfloat16, requires_grad=True)
         leaves = list(x.values())
         dout = torch.randn(batch, dim, L, device="cuda", dtype=torch.bfloat16)
-        for _ in range(2):  # compile, warm up
+
+        def fwd_bwd(x=x, leaves=leaves, dout=dout):
             torch.autograd.grad(selective_scan(**x), leaves, dout)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            torch.autograd.grad(selective_scan(**x), leaves, dout)
-            torch.cuda.synchronize()
-        kernels = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
-        rows = [dict(name=e.name[:60], ms=(e.time_range.end - e.time_range.start) / 1e3) for e in kernels]
+
+        fwd_bwd()  # compile (cuda_kernels warms up once more)
+        rows = cuda_kernels(fwd_bwd)
         out.append(dict(batch=batch, dim=dim, L=L, kernels=rows))
         print(f"batch {batch}, dim {dim}, L {L}: " + "; ".join(f"{r['name']} {r['ms']:.3f}" for r in rows), flush=True)
     return out

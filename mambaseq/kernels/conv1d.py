@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS, cdiv, next_power_of_2
+from .device import cdiv, next_power_of_2
 from .launch import launch
 
 
@@ -141,8 +141,8 @@ class CausalConv1dFn(torch.autograd.Function):
         y = torch.empty(batch, dim, L, device=x.device, dtype=x.dtype)
         grid = (batch * cdiv(dim, BLOCK_D), cdiv(L, BLOCK_L))
         launch(_conv_fwd_kernel, grid, x, weight, bias, init, y, dim, L, *x.stride(), *y.stride(),
-                               WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu,
-                               BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L, **LAUNCH_OPTIONS)
+               WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu,
+               BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L)
         ctx.silu = silu
         ctx.save_for_backward(x, weight, bias, init)
         return y
@@ -157,12 +157,11 @@ class CausalConv1dFn(torch.autograd.Function):
         dw_part = torch.empty(batch, grid[1], dim, width, device=x.device, dtype=torch.float32)
         dbias_part = torch.empty(batch, grid[1], dim, device=x.device, dtype=torch.float32)
         launch(_conv_bwd_dpre_kernel, grid, x, weight, bias, init, dy, dpre, dw_part, dbias_part, dim, L,
-                                    *x.stride(), *dy.stride(), WIDTH=width, HAS_BIAS=bias is not None,
-                                    HAS_INIT=init is not None, SILU=ctx.silu, BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L,
-                                    **LAUNCH_OPTIONS)
+               *x.stride(), *dy.stride(), WIDTH=width, HAS_BIAS=bias is not None,
+               HAS_INIT=init is not None, SILU=ctx.silu, BLOCK_D=BLOCK_D, BLOCK_L=BLOCK_L)
         dx = torch.empty(batch, dim, L, device=x.device, dtype=x.dtype)
         launch(_conv_bwd_dx_kernel, grid, dpre, weight, dx, dim, L, *dx.stride(), WIDTH=width, BLOCK_D=BLOCK_D,
-                                  BLOCK_L=BLOCK_L, **LAUNCH_OPTIONS)
+               BLOCK_L=BLOCK_L)
         dinit = None
         if init is not None:
             # Initial-state position j is read by tap k of output t = j - k.
@@ -249,5 +248,5 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
     block = min(256, next_power_of_2(dim))
     launch(_conv_update_kernel, (batch, cdiv(dim, block)),
         x, conv_state, weight, bias, y, dim, *x.stride(), *conv_state.stride(),
-        WIDTH=width, HAS_BIAS=bias is not None, SILU=activation == "silu", BLOCK_D=block, **LAUNCH_OPTIONS)
+        WIDTH=width, HAS_BIAS=bias is not None, SILU=activation == "silu", BLOCK_D=block)
     return y

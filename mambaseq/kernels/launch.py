@@ -6,9 +6,10 @@ machine (Triton 3.9), against 7.6 us for the compiled kernel's own launcher and 
 module's path, whose key is most of its cost (`benchmarks/launch_probe.py`, RESULTS.md). Short
 scan calls are host-bound, and every training step of the model makes several launches per layer.
 
-`launch(kernel, grid, *args, **kwargs)` does what `kernel[grid](*args, **kwargs)` does, with a
-cache in front. The first call of a key goes through the JIT entry, which compiles (or finds its
-own cache) and returns the compiled kernel; later calls of the key call that kernel's launcher.
+`launch(kernel, grid, *args, **kwargs)` does what `kernel[grid](*args, **kwargs)` does, with the
+package's launch options (`device.LAUNCH_OPTIONS`) and a cache in front. The first call of a key
+goes through the JIT entry, which compiles (or finds its own cache) and returns the compiled
+kernel; later calls of the key call that kernel's launcher.
 The key holds everything Triton specialises a compilation on: the value of every int and bool
 argument (Triton specialises ints on being 1 and on divisibility by 16), each tensor's dtype and
 whether its address is 16-byte aligned, which arguments are None, the keyword arguments
@@ -29,13 +30,16 @@ from triton import knobs
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
 
+from .device import LAUNCH_OPTIONS
+
 _cache: dict[tuple, tuple[Any, tuple[str, ...]]] = {}
 _counts = {"cached": 0, "jit": 0}
 
 
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-    """`kernel[grid](*args, **kwargs)` through the compiled kernel's launcher when the same
-    specialisation was launched before (see the module's docstring)."""
+    """`kernel[grid](*args, **kwargs, **LAUNCH_OPTIONS)` through the compiled kernel's launcher when
+    the same specialisation was launched before (see the module's docstring)."""
+    kwargs = {**LAUNCH_OPTIONS, **kwargs}
     if not isinstance(kernel, JITFunction) or not isinstance(grid, tuple) or _hook_set():
         _counts["jit"] += 1
         kernel[grid](*args, **kwargs)

@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS, cdiv, next_power_of_2, sm_count
+from .device import cdiv, next_power_of_2, sm_count
 from .launch import launch
 
 
@@ -117,9 +117,10 @@ def _bias_row(bias_ptr, offs_d, mask_d, HAS_BIAS: tl.constexpr, BLOCK_D: tl.cons
 
 @triton.jit
 def _delta_tile(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    # dt = softplus(delta + bias) of a (BLOCK_L, BLOCK_D) tile, 0 at padding steps (no decay, no input).
+    # dt = softplus(delta + bias) of a tile, 0 at padding steps (no decay, no input); `bias` comes
+    # broadcast to the tile's layout: bias[None, :] in the forward's, bias[:, None] in the backward's.
     if HAS_BIAS:
-        raw = raw + bias[None, :]
+        raw = raw + bias
     if SOFTPLUS:
         raw = _softplus(raw)
     return tl.where(mask, raw, 0.0)
@@ -166,8 +167,8 @@ def _scan_fwd_kernel(
             # The backward starts each of its tiles (segments of SEG steps) from these states.
             if l0 % SEG == 0:
                 tl.store(segs_ptr + (b * n_segs + l0 // SEG) * dim * DSTATE + nd_idx, h, mask=mask_nd)
-        dt = _delta_tile(_load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_row, l_col, m2), bias, m2, HAS_BIAS,
-                         SOFTPLUS)
+        dt = _delta_tile(_load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_row, l_col, m2), bias[None, :], m2,
+                         HAS_BIAS, SOFTPLUS)
         uu = _load_tile(u_ptr, b, s_u_b, s_u_d, s_u_l, d_row, l_col, m2)
         if SUM_DELTA:
             dsum += tl.sum(dt, axis=0)
@@ -228,8 +229,8 @@ def _adjoint_local_kernel(
     l_end = tl.minimum(l_start + chunk_len, L)
     for l0 in range(l_start, l_end, BLOCK_L):
         offs_l, l_col, mask_l, m2 = _ld_steps(l0, offs_t, l_end, mask_d)
-        dt = _delta_tile(_load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_row, l_col, m2), bias, m2, HAS_BIAS,
-                         SOFTPLUS)
+        dt = _delta_tile(_load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_row, l_col, m2), bias[None, :], m2,
+                         HAS_BIAS, SOFTPLUS)
         dyg = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, d_row, l_col, m2)
         if HAS_Z:
             zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, d_row, l_col, m2)
@@ -275,8 +276,6 @@ def _carry_chunks_kernel(
                         other=0.0)
         s = tl.exp2(S[:, None] * A2) * s + local
     tl.store(out_ptr + (b * dim + offs_d[:, None]) * DSTATE + offs_n[None, :], s, mask=mask_dn)
-
-
 
 
 @triton.jit
@@ -350,8 +349,7 @@ def _scan_bwd_kernel(
                 carry = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
             else:
                 carry = tl.load(carry_ptr + state_idx, mask=mask_dn, other=0.0)
-            if HAS_BIAS:
-                bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+            bias = _bias_row(bias_ptr, offs_d, mask_d, HAS_BIAS, BLOCK_D)
             if HAS_D:
                 Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
             dA_acc = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
@@ -372,14 +370,8 @@ def _scan_bwd_kernel(
                 m2 = mask_d[:, None] & mask_l[None, :]
                 # Only dt, dt*u and the gated dy live through the state loop; what the end of the tile
                 # needs besides is loaded again there (cache hits), as holding it spilled registers.
-                dt_raw = _load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_col, l_row, m2)
-                if HAS_BIAS:
-                    dt_raw = dt_raw + bias[:, None]
-                if SOFTPLUS:
-                    dt = _softplus(dt_raw)
-                else:
-                    dt = dt_raw
-                dt = tl.where(m2, dt, 0.0)
+                dt = _delta_tile(_load_tile(delta_ptr, b, s_dt_b, s_dt_d, s_dt_l, d_col, l_row, m2), bias[:, None], m2,
+                                 HAS_BIAS, SOFTPLUS)
                 dyg = _load_tile(dy_ptr, b, s_dy_b, s_dy_d, s_dy_l, d_col, l_row, m2)
                 if HAS_Z:
                     zz = _load_tile(z_ptr, b, s_z_b, s_z_d, s_z_l, d_col, l_row, m2)
@@ -573,8 +565,7 @@ class _Plan:
 
 def _launch_options(tile: dict) -> dict:
     # maxnreg only where set: a launch option older Triton builds may not know.
-    return {"num_warps": tile["num_warps"], **({"maxnreg": tile["maxnreg"]} if tile.get("maxnreg") else {}),
-            **LAUNCH_OPTIONS}
+    return {"num_warps": tile["num_warps"], **({"maxnreg": tile["maxnreg"]} if tile.get("maxnreg") else {})}
 
 
 def _states(plan: _Plan, n: int, like: Tensor) -> Tensor:
@@ -591,7 +582,7 @@ def _fwd_launch(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, y, h
         *(_strides3(y) if y is not None else (0, 0, 0)), *_bc_strides(B), *_bc_strides(C),
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None,
         WRITE_Y=write_y, SAVE_SEGS=segs is not None, SEG=plan.seg, SUM_DELTA=sum_delta, LOAD_H=h_in is not None,
-        BLOCK_L=plan.fwd["block_l"], **plan.meta(plan.fwd), **LAUNCH_OPTIONS)
+        BLOCK_L=plan.fwd["block_l"], **plan.meta(plan.fwd))
 
 
 def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0, save: bool):
@@ -609,7 +600,7 @@ def _scan_forward(plan: _Plan, u, delta, A, B, C, D, z, delta_bias, softplus, h0
         starts = _states(plan, plan.n_chunks, u)
         launch(_carry_chunks_kernel, (plan.batch * cdiv(plan.dim, 32),),
             A, dsum, local, starts, h0, final, plan.n_chunks, plan.dim,
-            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False, HAS_H0=h0 is not None, **LAUNCH_OPTIONS)
+            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=False, HAS_H0=h0 is not None)
     ends = _states(plan, plan.n_chunks, u)
     segs = _states(plan, plan.n_segs, u) if save else None
     _fwd_launch(plan, *inputs, y, starts, ends, segs, dsum, write_y=True, sum_delta=plan.n_chunks == 1)
@@ -624,7 +615,7 @@ def _adjoint_local_launch(plan: _Plan, delta, delta_bias, A, C, z, dy, softplus,
         *_strides3(delta), *(_strides3(z) if z is not None else (0, 0, 0)), *_strides3(dy), *_bc_strides(C),
         DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=plan.fwd["block_d"], BLOCK_L=plan.fwd["block_l"],
         HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None, C_CONST=plan.const_c,
-        num_warps=plan.fwd["num_warps"], **LAUNCH_OPTIONS)
+        num_warps=plan.fwd["num_warps"])
 
 
 def _bwd_arguments(plan: _Plan, inputs: tuple, outputs: tuple, carry, splits: int,
@@ -679,7 +670,7 @@ def _scan_backward(plan: _Plan, dy, dfinal, u, delta, A, B, C, D, z, delta_bias,
         carry = _states(plan, plan.n_chunks, u)
         launch(_carry_chunks_kernel, (plan.batch * cdiv(plan.dim, 32),),
             A, dsum, gloc, carry, dfinal, dh0, plan.n_chunks, plan.dim,
-            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True, HAS_H0=dfinal is not None, **LAUNCH_OPTIONS)
+            DSTATE=plan.N, N_P2=plan.N_P2, BLOCK_D=32, REVERSE=True, HAS_H0=dfinal is not None)
     args, constexprs = _bwd_arguments(plan, inputs, outputs, carry, n_splits, per_split)
     launch(_scan_bwd_kernel, (plan.n_chunks * plan.batch * n_splits,), *args, **constexprs, **_launch_options(plan.bwd))
     summed = copies.sum(1) if n_splits > 1 else copies[:, 0]

@@ -66,7 +66,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS, cdiv, next_power_of_2, sm_count
+from .device import cdiv, next_power_of_2, sm_count
 from .launch import launch
 from .stack_weights import StackWeights
 
@@ -471,7 +471,7 @@ def mamba_stack_step(residual: Tensor, weights: StackWeights, conv_state: Tensor
     # No software pipelining (num_stages=1): a prefetch must never move a load across a barrier.
     programs = cdiv(batch, block_b)
     num_warps = num_warps or _num_warps(programs, residual.device)
-    launch(_stack_step_kernel, (programs,), *args, **constexprs, num_warps=num_warps, num_stages=1, **LAUNCH_OPTIONS)
+    launch(_stack_step_kernel, (programs,), *args, **constexprs, num_warps=num_warps, num_stages=1)
     return out[0]
 
 

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS, cdiv, next_power_of_2
+from .device import cdiv, next_power_of_2
 from .launch import launch
 
 
@@ -87,5 +87,5 @@ def selective_state_update(
         state, x, dt, A, B, C, D, z, dt_bias, y, dim, dim // B.shape[1], *state.stride(), *x.stride(),
         *dt.stride(), *zs, *B.stride(), *C.stride(),
         DSTATE=N, N_P2=next_power_of_2(N), BLOCK_D=block, HAS_D=D is not None, HAS_Z=z is not None,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, **LAUNCH_OPTIONS)
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus)
     return y

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .device import LAUNCH_OPTIONS, next_power_of_2
+from .device import next_power_of_2
 from .launch import launch
 
 
@@ -55,5 +55,5 @@ def sample_token(logits: Tensor, noise: Tensor | None, temperature: float, token
     launch(_sample_token_kernel, (batch,),
         logits, e, tokens, log_likelihood, vocab, float(temperature) if not greedy else 1.0,
         *logits.stride(), *e.stride(), tokens.stride(0), log_likelihood.stride(0),
-        GREEDY=greedy, BLOCK_V=next_power_of_2(vocab), num_warps=1 if vocab <= 1024 else 4, **LAUNCH_OPTIONS)
+        GREEDY=greedy, BLOCK_V=next_power_of_2(vocab), num_warps=1 if vocab <= 1024 else 4)
     return tokens
