@@ -4,7 +4,12 @@ number of tokens per step and in total; validation bits/base curves to JSON (and
 matplotlib is installed).
 
     python benchmarks/dna_length_curves.py --fasta DIR/*.fna.gz --out OUT [--lengths 1024 32768]
-        [--tokens-per-step 131072] [--steps 600]
+        [--tokens-per-step 131072] [--steps 600] [--seeds 0 1 2]
+
+With several seeds each length is trained once per seed (data order and initialisation); the JSON
+holds every run and the plot the mean curve with the runs' range. `--merge A.json B.json ...` joins
+the runs of earlier outputs (also the one-run-per-length JSON of the first version) and plots them,
+without training.
 """
 
 from __future__ import annotations
@@ -19,30 +24,70 @@ from mambaseq.tasks.dna.train import DnaTrainConfig, train_dna
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fasta", nargs="+", required=True)
+    parser.add_argument("--fasta", nargs="+")
     parser.add_argument("--out", required=True)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 32768])
     parser.add_argument("--tokens-per-step", type=int, default=2**17)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--merge", nargs="+", help="earlier length_curves.json files to join and plot")
     args = parser.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        summary = merge([json.loads(Path(p).read_text()) for p in args.merge])
+        (out / "length_curves.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(table(summary), indent=2))
+        plot(summary, args.tokens_per_step, out / "length_curves.png")
+        return
+    if not args.fasta:
+        parser.error("--fasta is required unless --merge is given")
     summary = {}
     for L in args.lengths:
-        cfg = DnaTrainConfig(model="dna-1.4m", fasta=args.fasta, out=str(out / f"L{L}"), seq_len=L,
-                             batch_size=max(1, args.tokens_per_step // L), max_steps=args.steps, lr=8e-3,
-                             lr_warmup_steps=args.steps // 10, val_every=args.val_every, max_val_windows=None,
-                             checkpoint_every=args.steps, keep_checkpoints=1, progress=False)
-        result = train_dna(cfg)
-        curve = []
-        with open(out / f"L{L}" / "logs" / "metrics.csv") as f:
-            for row in csv.DictReader(f):
-                if row.get("val/bits_per_base"):
-                    curve.append((int(row["step"]), float(row["val/bits_per_base"])))
-        summary[L] = {"final_bits_per_base": result.valid_bits_per_base, "curve": curve,
-                      "tokens": args.steps * cfg.batch_size * L}
-        print(json.dumps({"L": L, **summary[L]}), flush=True)
+        for seed in args.seeds:
+            run = out / (f"L{L}" if seed == 0 else f"L{L}_seed{seed}")
+            cfg = DnaTrainConfig(model="dna-1.4m", fasta=args.fasta, out=str(run), seq_len=L,
+                                 batch_size=max(1, args.tokens_per_step // L), max_steps=args.steps, lr=8e-3,
+                                 lr_warmup_steps=args.steps // 10, val_every=args.val_every, max_val_windows=None,
+                                 checkpoint_every=args.steps, keep_checkpoints=1, progress=False, seed=seed)
+            result = train_dna(cfg)
+            curve = []
+            with open(run / "logs" / "metrics.csv") as f:
+                for row in csv.DictReader(f):
+                    if row.get("val/bits_per_base"):
+                        curve.append((int(row["step"]), float(row["val/bits_per_base"])))
+            entry = {"seed": seed, "final_bits_per_base": result.valid_bits_per_base, "curve": curve,
+                     "tokens": args.steps * cfg.batch_size * L}
+            summary.setdefault(L, []).append(entry)
+            print(json.dumps({"L": L, **entry}), flush=True)
     (out / "length_curves.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(table(summary), indent=2))
+    plot(summary, args.tokens_per_step, out / "length_curves.png")
+
+
+def merge(reports: list[dict]) -> dict[str, list[dict]]:
+    """Runs by length from several outputs; a one-run-per-length report (the first version of this
+    script) counts as seed 0."""
+    merged: dict[str, list[dict]] = {}
+    for report in reports:
+        for L, runs in report.items():
+            for run in runs if isinstance(runs, list) else [{"seed": 0, **runs}]:
+                merged.setdefault(str(L), []).append(run)
+    return merged
+
+
+def table(summary: dict) -> dict:
+    """Final bits/base per length: each seed's, the mean, and per seed the difference from the first
+    length (same seed: same initialisation and data order)."""
+    finals = {str(L): {r["seed"]: r["final_bits_per_base"] for r in runs} for L, runs in summary.items()}
+    first = next(iter(finals.values()))
+    return {L: {"per_seed": by_seed, "mean": sum(by_seed.values()) / len(by_seed),
+                "minus_first_length": {s: v - first[s] for s, v in by_seed.items() if s in first}}
+            for L, by_seed in finals.items()}
+
+
+def plot(summary: dict, tokens_per_step: int, path: Path) -> None:
     try:
         import matplotlib
 
@@ -50,14 +95,19 @@ def main() -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    for L, s in summary.items():
-        steps, bits = zip(*s["curve"], strict=True)
-        plt.plot([st * args.tokens_per_step / 1e6 for st in steps], bits, marker="o", label=f"L = {L}")
+    for L, runs in summary.items():
+        steps = [st for st, _ in runs[0]["curve"]]
+        per_step = list(zip(*([bits for _, bits in r["curve"]] for r in runs), strict=True))
+        tokens = [st * tokens_per_step / 1e6 for st in steps]
+        plt.plot(tokens, [sum(b) / len(b) for b in per_step], marker="o", label=f"L = {L} ({len(runs)} runs)")
+        if len(runs) > 1:
+            plt.fill_between(tokens, [min(b) for b in per_step], [max(b) for b in per_step], alpha=0.2)
     plt.xlabel("tokens (M)")
     plt.ylabel("validation bits/base")
     plt.title("dna-1.4m on Drosophila chr4 (6 species)")
     plt.legend()
-    plt.savefig(out / "length_curves.png", dpi=120)
+    plt.savefig(path, dpi=120)
+    plt.close()
 
 
 if __name__ == "__main__":
