@@ -4,7 +4,7 @@ number of tokens per step and in total; validation bits/base curves to JSON (and
 matplotlib is installed).
 
     python benchmarks/dna_length_curves.py --fasta DIR/*.fna.gz --out OUT [--lengths 1024 32768]
-        [--tokens-per-step 131072] [--steps 600] [--seeds 0 1 2]
+        [--tokens-per-step 131072] [--steps 600] [--seeds 0 1 2] [--warmup-start-len 1024]
 
 With several seeds each length is trained once per seed (data order and initialisation); the JSON
 holds every run and the plot the mean curve with the runs' range. `--merge A.json B.json ...` joins
@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--merge", nargs="+", help="earlier length_curves.json files to join and plot")
+    parser.add_argument("--warmup-start-len", type=int,
+                        help="sequence-length warmup for longer lengths: doubling from this (same tokens per step)")
+    parser.add_argument("--warmup-stage-steps", type=int, default=50)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,12 +48,15 @@ def main() -> None:
         parser.error("--fasta is required unless --merge is given")
     summary = {}
     for L in args.lengths:
+        warm = args.warmup_start_len if args.warmup_start_len and L > args.warmup_start_len else None
+        key = f"{L} (warmup from {warm})" if warm else str(L)
         for seed in args.seeds:
-            run = out / (f"L{L}" if seed == 0 else f"L{L}_seed{seed}")
+            run = out / (f"L{L}" + (f"_warm{warm}" if warm else "") + (f"_seed{seed}" if seed else ""))
             cfg = DnaTrainConfig(model="dna-1.4m", fasta=args.fasta, out=str(run), seq_len=L,
                                  batch_size=max(1, args.tokens_per_step // L), max_steps=args.steps, lr=8e-3,
                                  lr_warmup_steps=args.steps // 10, val_every=args.val_every, max_val_windows=None,
-                                 checkpoint_every=args.steps, keep_checkpoints=1, progress=False, seed=seed)
+                                 checkpoint_every=args.steps, keep_checkpoints=1, progress=False, seed=seed,
+                                 warmup_start_len=warm, warmup_stage_steps=args.warmup_stage_steps)
             result = train_dna(cfg)
             curve = []
             with open(run / "logs" / "metrics.csv") as f:
@@ -59,8 +65,8 @@ def main() -> None:
                         curve.append((int(row["step"]), float(row["val/bits_per_base"])))
             entry = {"seed": seed, "final_bits_per_base": result.valid_bits_per_base, "curve": curve,
                      "tokens": args.steps * cfg.batch_size * L}
-            summary.setdefault(L, []).append(entry)
-            print(json.dumps({"L": L, **entry}), flush=True)
+            summary.setdefault(key, []).append(entry)
+            print(json.dumps({"L": key, **entry}), flush=True)
     (out / "length_curves.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(table(summary), indent=2))
     plot(summary, args.tokens_per_step, out / "length_curves.png")
