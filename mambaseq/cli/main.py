@@ -386,20 +386,25 @@ def eval_dna_command(
     max_windows: int = typer.Option(None, "--max-windows", help="Evaluate a fixed random subset of windows."),
     batch_size: int = typer.Option(8, "--batch-size"),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    by_position: bool = typer.Option(False, "--by-position",
+                                     help="Also bits/base by context length within the window (1, 2-3, 4-7, ...)."),
 ) -> None:
     """Bits per base and perplexity of a DNA model on FASTA windows.
 
     Example: mambaseq eval dna --model runs/dna/model --fasta test.fa.gz --seq-len 4096 --json
+    Example: mambaseq eval dna --model runs/dna-32k/model --fasta test.fa.gz --by-position
     """
     from ..tasks.dna.evaluate import evaluate_dna
 
     with _one_line_errors():
-        result = evaluate_dna(model, fasta, bed, seq_len, max_windows, batch_size)
+        result = evaluate_dna(model, fasta, bed, seq_len, max_windows, batch_size, by_position=by_position)
     if as_json:
         typer.echo(json.dumps(result))
-    else:
-        typer.echo(f"bits/base {result['bits_per_base']:.4f}  perplexity {result['perplexity']:.4f}  "
-                   f"({result['windows']} windows of {result['seq_len']}, {result['tokens']} bases)")
+        return
+    typer.echo(f"bits/base {result['bits_per_base']:.4f}  perplexity {result['perplexity']:.4f}  "
+               f"({result['windows']} windows of {result['seq_len']}, {result['tokens']} bases)")
+    for band in result.get("by_position", []):
+        typer.echo(f"  context {band['context_from']:>8}-{band['context_to']:<8} bits/base {band['bits_per_base']:.4f}")
 
 
 @eval_app.command("audio")

@@ -19,11 +19,13 @@ from .windows import ValidWindows
 @torch.no_grad()
 def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None, seq_len: int | None = None,
                  max_windows: int | None = None, batch_size: int = 8, device: str | None = None,
-                 max_n_frac: float = 0.1, seed: int = 0) -> dict:
+                 max_n_frac: float = 0.1, seed: int = 0, by_position: bool = False) -> dict:
     """Next-base log-likelihood over windows tiling the records (or BED intervals).
 
     Returns {"bits_per_base", "perplexity", "tokens", "windows", "seq_len"}. `max_windows` evaluates
-    a fixed random subset; `seq_len` defaults to the length the model was trained at.
+    a fixed random subset; `seq_len` defaults to the length the model was trained at. `by_position`
+    adds "by_position": bits/base by how many bases of the window precede the predicted one, in
+    power-of-two bands (see `position_bands`): whether a long-context model makes use of its context.
     """
     info = check_dna_model(model_dir)
     seq_len = seq_len or int(info["metadata"].get("seq_len", 1024))
@@ -37,15 +39,37 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     model = from_pretrained(model_dir, device=device)
     vocab = model.config.vocab_size
     nll, tokens = 0.0, 0
+    position_nll = torch.zeros(seq_len, dtype=torch.float64)  # summed over windows, per predicted position
     for batch in DataLoader(windows, batch_size=batch_size):
         batch = batch.to(device)
         device_type = torch.device(device).type
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
             logits = model(batch[:, :-1])[..., :vocab]
-        nll += F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
-        tokens += batch[:, 1:].numel()
+        per_base = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
+        nll += per_base.sum().item()
+        tokens += per_base.numel()
+        if by_position:
+            position_nll += per_base.sum(0).double().cpu()
     if tokens == 0:
         raise DnaInputError("no windows to evaluate")
     bits = nll / tokens / math.log(2)
-    return {"bits_per_base": bits, "perplexity": math.exp(nll / tokens), "tokens": tokens,
-            "windows": len(windows), "seq_len": seq_len}
+    result = {"bits_per_base": bits, "perplexity": math.exp(nll / tokens), "tokens": tokens,
+              "windows": len(windows), "seq_len": seq_len}
+    if by_position:
+        result["by_position"] = position_bands(position_nll, tokens // seq_len)
+    return result
+
+
+def position_bands(position_nll: torch.Tensor, windows: int) -> list[dict]:
+    """position_nll: (seq_len,) natural-log loss summed over `windows` windows; entry i is the base
+    predicted from the i + 1 bases before it. Bits/base in bands of that context length c,
+    [1, 1], [2, 3], [4, 7], ... (the last band ends at seq_len)."""
+    bands, start = [], 1
+    while start <= position_nll.numel():
+        end = min(2 * start - 1, position_nll.numel())
+        loss = position_nll[start - 1: end].sum().item()
+        count = (end - start + 1) * windows
+        bands.append({"context_from": start, "context_to": end, "tokens": count,
+                      "bits_per_base": loss / count / math.log(2)})
+        start *= 2
+    return bands

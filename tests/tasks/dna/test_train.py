@@ -135,6 +135,26 @@ def test_eval_reports_bits_per_base_as_json(tmp_path, genome, capsys):
     assert result["perplexity"] == pytest.approx(2 ** result["bits_per_base"], rel=1e-6)
 
 
+def test_eval_by_position_bands_add_up_to_the_whole(tmp_path, genome, capsys):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", "dna", "--fasta", str(genome), "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["eval", "dna", "--model", str(out / "model"), "--fasta", str(genome), "--json",
+                 "--max-windows", "5", "--by-position"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    bands = result["by_position"]
+    assert [(b["context_from"], b["context_to"]) for b in bands] == [
+        (1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 63), (64, 64)]
+    assert sum(b["tokens"] for b in bands) == result["tokens"]
+    weighted = sum(b["bits_per_base"] * b["tokens"] for b in bands) / result["tokens"]
+    assert weighted == pytest.approx(result["bits_per_base"], rel=1e-6)
+    assert main(["eval", "dna", "--model", str(out / "model"), "--fasta", str(genome), "--max-windows", "5",
+                 "--by-position"]) == 0
+    assert capsys.readouterr().out.count("context") == len(bands)
+
+
 def test_eval_of_a_missing_model_is_one_line(tmp_path, genome, capsys):
     assert main(["eval", "dna", "--model", str(tmp_path / "none"), "--fasta", str(genome)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
