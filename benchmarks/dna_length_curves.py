@@ -9,7 +9,9 @@ matplotlib is installed).
 With several seeds each length is trained once per seed (data order and initialisation); the JSON
 holds every run and the plot the mean curve with the runs' range. `--merge A.json B.json ...` joins
 the runs of earlier outputs (also the one-run-per-length JSON of the first version) and plots them,
-without training.
+without training. `--position-eval-len N` also scores every trained model on the validation regions in
+windows of N bases, by context length within the window (`mambaseq eval dna --by-position`): whether
+a model uses context beyond its training length, and how the lengths compare position by position.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import csv
 import json
 from pathlib import Path
 
+from mambaseq.tasks.dna.evaluate import evaluate_dna
+from mambaseq.tasks.dna.fasta import FastaCollection
 from mambaseq.tasks.dna.train import DnaTrainConfig, train_dna
+from mambaseq.tasks.dna.windows import split_regions
 
 
 def main() -> None:
@@ -35,6 +40,8 @@ def main() -> None:
     parser.add_argument("--warmup-start-len", type=int,
                         help="sequence-length warmup for longer lengths: doubling from this (same tokens per step)")
     parser.add_argument("--warmup-stage-steps", type=int, default=50)
+    parser.add_argument("--position-eval-len", type=int,
+                        help="also score each trained model on validation windows of this length, by context length")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +72,15 @@ def main() -> None:
                         curve.append((int(row["step"]), float(row["val/bits_per_base"])))
             entry = {"seed": seed, "final_bits_per_base": result.valid_bits_per_base, "curve": curve,
                      "tokens": args.steps * cfg.batch_size * L}
+            if args.position_eval_len:
+                bed = out / "validation.bed"
+                if not bed.exists():  # the held-out ends of the records, as training split them
+                    regions = split_regions(FastaCollection(args.fasta), None, "region", cfg.valid_fraction)
+                    bed.write_text("".join(f"{i.name}\t{i.start}\t{i.end}\n" for i in regions.valid))
+                scored = evaluate_dna(result.model_dir, args.fasta, str(bed), args.position_eval_len,
+                                      by_position=True, batch_size=1)
+                entry["by_position"] = {"seq_len": args.position_eval_len, "bits_per_base": scored["bits_per_base"],
+                                        "bands": scored["by_position"]}
             summary.setdefault(key, []).append(entry)
             print(json.dumps({"L": key, **entry}), flush=True)
     (out / "length_curves.json").write_text(json.dumps(summary, indent=2))
