@@ -394,6 +394,9 @@ def _scan_bwd_kernel(
                     h0 = tl.load(segs_ptr + seg_base + offs_d * DSTATE + n, mask=mask_d, other=0.0)
                     a_cum, x_cum = tl.associative_scan((a, x), 1, _affine_combine)
                     hs = a_cum * h0[:, None] + x_cum
+                    # Triton reverses the lanes of each operand and result of a reverse scan (96 of this
+                    # kernel's 198 shuffles). Two operands instead of three (the next step's decays from a
+                    # shifted dt tile) cost more exponentials: 2% slower on Triton 3.9 (RESULTS.md, session 9).
                     ones = tl.full(a.shape, 1.0, tl.float32)
                     _fa, r, cv = tl.associative_scan((a, ones, cdy), 1, _adjoint_combine, reverse=True)
                     gr = cv + r * carry_n[:, None]  # dL/dh_t
