@@ -39,7 +39,7 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     model = from_pretrained(model_dir, device=device)
     vocab = model.config.vocab_size
     nll, tokens = 0.0, 0
-    position_nll = torch.zeros(seq_len, dtype=torch.float64)  # summed over windows, per predicted position
+    position_nll = torch.zeros(seq_len if by_position else 0, dtype=torch.float64)  # summed over windows
     for batch in DataLoader(windows, batch_size=batch_size):
         batch = batch.to(device)
         device_type = torch.device(device).type
@@ -56,7 +56,7 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     result = {"bits_per_base": bits, "perplexity": math.exp(nll / tokens), "tokens": tokens,
               "windows": len(windows), "seq_len": seq_len}
     if by_position:
-        result["by_position"] = position_bands(position_nll, tokens // seq_len)
+        result["by_position"] = position_bands(position_nll, len(windows))
     return result
 
 
