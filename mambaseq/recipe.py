@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -53,4 +55,57 @@ class Recipe:
         unknown = sorted(set(values) - known)
         if unknown:
             raise cls.input_error(f"{where}: unknown field(s) {', '.join(unknown)}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        checked = {}
+        for name, value in values.items():
+            ok, converted = _conform(value, hints.get(name, Any))
+            if not ok:
+                raise cls.input_error(f"{where}: {name} must be {_describe(hints[name])}, got {value!r}")
+            checked[name] = converted
+        return cls(**checked)
+
+
+def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether `value` fits the field type `hint`, the value to keep). Values come from YAML (a recipe
+    or --set), so a number is accepted for a str field and a string such as '8e-3' (YAML 1.1 reads
+    exponents without a dot as strings) for a float one; one string for a list is a list of one.
+    Containers are checked by kind only, and types other than these are not checked."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(hint):  # the first arm that takes it, in the order written
+            ok, converted = _conform(value, arm)
+            if ok:
+                return True, converted
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return isinstance(value, (int, float)) and not isinstance(value, bool), value
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
+        return isinstance(value, str), value
+    if origin in (list, tuple):
+        if isinstance(value, str) and origin is list:
+            return True, [value]
+        return isinstance(value, (list, tuple)), origin(value) if isinstance(value, (list, tuple)) else value
+    if origin is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _describe(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in typing.get_args(hint))
+    origin = typing.get_origin(hint)
+    return names.get(hint) or {list: "a list", tuple: "a list", dict: "a mapping"}.get(origin, str(hint))
