@@ -8,12 +8,14 @@ global batch shared out between ranks and accumulated micro-steps, see StepStrea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import math
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -99,6 +101,11 @@ class TrainRecipe(Recipe):
     strategy: str = "auto"  # auto | ddp | fsdp (Lightning strategies)
     log_every: int = 10  # steps between rows of logs/metrics.csv
     seed: int = 0
+    # Deterministic PyTorch algorithms (Lightning's deterministic=True) for bitwise-repeatable runs on
+    # the GPU: slower, and an op that has no deterministic version raises. Our Triton kernels are
+    # deterministic either way (tests/kernels/test_determinism.py); without this, same-seed GPU runs
+    # differ (0.03 bits/base after 500 steps in benchmarks/RESULTS.md).
+    deterministic: bool = False
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop the run (naming the step), or "skip" the step
     resume: bool = False
     progress: bool = True
@@ -204,7 +211,8 @@ class TrainRecipe(Recipe):
             gradient_clip_val=None if sharded else self.grad_clip, callbacks=callbacks,
             logger=loggers, plugins=[AtomicCheckpointIO()], enable_progress_bar=self.progress,
             enable_model_summary=False, log_every_n_steps=self.log_every, num_sanity_val_steps=0,
-            default_root_dir=run_dir)
+            # None, not False, when off: False would switch off a caller's own torch setting.
+            deterministic=True if self.deterministic else None, default_root_dir=run_dir)
         # The number of ranks is known once Lightning has read devices, num_nodes and the cluster
         # environment (torchrun, SLURM); accumulation follows from it. Lightning counts validation
         # intervals in batches (micro-steps), hence the product.
@@ -239,7 +247,14 @@ class TrainRecipe(Recipe):
         last = run_dir / "checkpoints" / "last.ckpt"
         if self.resume and not last.exists():
             raise self.input_error(f"--resume: no checkpoint at {last}")
-        trainer = self.trainer(run_dir, metric, mode)
+        with _torch_flags_kept():  # Lightning sets process-wide flags for `deterministic`
+            trainer = self.trainer(run_dir, metric, mode)
+            return self._fit(trainer, module, train_data, valid_data, valid_batch_size, metric)
+
+    def _fit(self, trainer: L.Trainer, module: L.LightningModule, train_data: StepStream, valid_data: Dataset,
+             valid_batch_size: int | None, metric: str) -> Fitted:
+        run_dir = Path(self.out)
+        last = run_dir / "checkpoints" / "last.ckpt"
         micro, accumulate = self.split_batch(trainer.world_size)
         if trainer.is_global_zero:
             resolved = {"world_size": trainer.world_size, "accumulate_grad_batches": accumulate}
@@ -285,6 +300,25 @@ class TrainRecipe(Recipe):
         if trainer.is_global_zero:
             module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best.path)["state_dict"])
         return Fitted(trainer, best.best_step, float(best.best_model_score))
+
+
+@contextlib.contextmanager
+def _torch_flags_kept() -> Iterator[None]:
+    """Restore on exit the process-wide settings a Trainer built with `deterministic` changes, so a run
+    leaves the caller's process (a notebook, the next test) as it found it."""
+    algorithms = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
 @dataclass
