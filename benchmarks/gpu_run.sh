@@ -38,7 +38,7 @@ for step in "$@"; do
     case $step in
         tests)
             python3 -m pytest -q -m gpu tests/kernels tests/models/test_mixer.py tests/models/test_lm.py \
-                tests/training/test_chunked.py 2>&1 | tee "$OUT/tests_$tag.log" | tail -3 ;;
+                tests/training/test_chunked.py tests/training/test_deterministic.py 2>&1 | tee "$OUT/tests_$tag.log" | tail -3 ;;
         scan)
             python3 benchmarks/scan.py --anchors "$anchors" --model --json "$OUT/scan_$tag.json" 2>&1 \
                 | grep -v '^{' | tee "$OUT/scan_$tag.log" | tail -24 ;;
