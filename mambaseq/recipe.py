@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from importlib import resources
@@ -68,7 +69,8 @@ class Recipe:
 def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
     """(whether `value` fits the field type `hint`, the value to keep). Values come from YAML (a recipe
     or --set), so a number is accepted for a str field and a string such as '8e-3' (YAML 1.1 reads
-    exponents without a dot as strings) for a float one; one string for a list is a list of one.
+    exponents without a dot as strings) for a float one; a Path is taken for a str; one string or
+    Path for a list is a list of one.
     Containers are checked by kind only, and types other than these are not checked."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -93,9 +95,11 @@ def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, str(value)
+        if isinstance(value, os.PathLike):  # the Python API: Path objects for files and folders
+            return True, os.fspath(value)
         return isinstance(value, str), value
     if origin in (list, tuple):
-        if isinstance(value, str) and origin is list:
+        if isinstance(value, (str, os.PathLike)) and origin is list:
             return True, [value]
         return isinstance(value, (list, tuple)), origin(value) if isinstance(value, (list, tuple)) else value
     if origin is dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ class Example(Recipe):
     ("rate", "8e-3", 8e-3),  # YAML 1.1 reads an exponent without a dot as a string
     ("rate", 2, 2),
     ("name", 2024, "2024"),
+    ("name", Path("runs/x"), "runs/x"),
+    ("files", Path("a.fa"), [Path("a.fa")]),
     ("limit", None, None),
     ("limit", 5, 5),
     ("devices", "0,1", "0,1"),

@@ -383,8 +383,8 @@ def _block_b(batch: int, device: torch.device) -> int:
     """Rows per program. On a GPU 1: the H100 sweep of 2026-11-23 (`benchmarks/stack_step_speed.py`)
     found one row per program fastest for every sc09 stack at batch 1 and at batch 256 (2 rows cost
     1.5-1.9x, 16 rows 4-10x: the per-program weight reads are not the bound, its dependent trips are);
-    rerun on the prefetching kernel (session 10, batch 256), 2 rows cost 2.8-3.6x, since the weight
-    tiles halve as the rows double.
+    rerun on the prefetching kernel (session 10, batch 256), 2 rows cost 2.8-3.6x: the weight tiles
+    halve as the rows double, and the multi-row product converts each tile's layout (3x the barriers).
     Elsewhere (the interpreter) the fewest that keep the programs within one wave, so the wider
     builds stay tested. MAMBASEQ_STACK_BLOCK_B overrides both."""
     value = os.environ.get(BLOCK_B_ENV, "").strip()
