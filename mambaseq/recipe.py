@@ -56,14 +56,29 @@ class Recipe:
         unknown = sorted(set(values) - known)
         if unknown:
             raise cls.input_error(f"{where}: unknown field(s) {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        checked = {}
-        for name, value in values.items():
-            ok, converted = _conform(value, hints.get(name, Any))
-            if not ok:
-                raise cls.input_error(f"{where}: {name} must be {_describe(hints[name])}, got {value!r}")
-            checked[name] = converted
+        checked, error = _typed(cls, values)
+        if error:
+            raise cls.input_error(f"{where}: {error}")
         return cls(**checked)
+
+    def __post_init__(self) -> None:
+        """The same type checks however the dataclass is made (from_dict, or in Python)."""
+        checked, error = _typed(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if error:
+            raise self.input_error(error)
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+
+def _typed(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(the values as the fields take them, the first field error or None)."""
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for name, value in values.items():
+        ok, checked[name] = _conform(value, hints.get(name, Any))
+        if not ok:
+            return checked, f"{name} must be {_describe(hints[name])}, got {value!r}"
+    return checked, None
 
 
 def _conform(value: Any, hint: Any) -> tuple[bool, Any]:

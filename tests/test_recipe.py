@@ -61,3 +61,13 @@ def test_a_value_of_the_fields_type_is_taken(name, value, expected):
 def test_a_value_of_another_type_is_a_one_line_error_naming_the_field(name, value, message):
     with pytest.raises(ValueError, match=f"^my.yaml: {re.escape(message)}$"):
         Example.from_dict({name: value}, "my.yaml")
+
+
+def test_a_dataclass_made_in_python_is_checked_too():
+    with pytest.raises(ValueError, match=r"^count must be an integer, got 'two'$"):
+        Example(count="two")
+
+
+def test_a_dataclass_made_in_python_takes_the_same_conversions():
+    assert Example(rate="8e-3", files="a.fa").rate == 8e-3
+    assert Example(files="a.fa").files == ["a.fa"]

@@ -116,6 +116,27 @@ class TrainRecipe(Recipe):
                 "warmup_steps": self.lr_warmup_steps, "total_steps": self.max_steps,
                 "min_lr_ratio": self.min_lr_ratio, "checkpoint_activations": self.checkpoint_activations}
 
+    def check_common(self) -> None:
+        """One-line errors for the shared fields no run can use (schedule, optimizer, devices), before
+        any data is read."""
+        positive = ("seq_len", "batch_size", "max_steps", "val_every", "checkpoint_every", "warmup_stage_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise self.input_error(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.warmup_start_len is not None and self.warmup_start_len < 1:
+            raise self.input_error(f"warmup_start_len must be a positive integer or null, "
+                                   f"got {self.warmup_start_len!r}")
+        for name in ("lr", "weight_decay", "grad_clip", "lr_warmup_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise self.input_error(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise self.input_error(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise self.input_error(f"betas must be two numbers in [0, 1), got {list(self.betas)!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise self.input_error(f"max_minutes must be > 0 or null, got {self.max_minutes!r}")
+        self.check_distributed()
+
     def check_distributed(self) -> None:
         """One-line errors for devices, num_nodes, strategy and micro_batch_size, before any process starts."""
         if self.strategy not in STRATEGIES:

@@ -86,12 +86,10 @@ class AudioTrainConfig(ChunkedTraining, TrainRecipe):
 
     def check(self) -> None:
         """One-line errors for values no run can use, before any file is read."""
-        self.check_distributed()
+        self.check_common()
         self.check_chunk_tokens()
-        for name in ("sample_rate", "seq_len", "batch_size", "max_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise AudioInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.sample_rate < 1:
+            raise AudioInputError(f"sample_rate must be a positive integer, got {self.sample_rate!r}")
         if self.eval_windows is not None and (not isinstance(self.eval_windows, int) or self.eval_windows < 1):
             raise AudioInputError(f"eval_windows must be a positive integer or null, got {self.eval_windows!r}")
         if not 0 < self.valid_fraction < 1:

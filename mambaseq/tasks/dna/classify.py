@@ -104,7 +104,7 @@ def train_classifier(cfg: ClassifyConfig, log: Callable[[str], None] | None = No
         raise DnaInputError(f"pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}")
     if cfg.head_norm not in HEAD_NORMS:
         raise DnaInputError(f"head_norm must be one of {', '.join(HEAD_NORMS)}, got {cfg.head_norm!r}")
-    cfg.check_distributed()  # before reading any data
+    cfg.check_common()  # before reading any data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     species = cfg.load_species()
     genomes = SpeciesGenomes(species, **cfg.split_kwargs())

@@ -70,7 +70,7 @@ def train_dna(cfg: DnaTrainConfig, log: Callable[[str], None] | None = None) -> 
     On several devices every rank runs this; rank 0 alone logs and writes the model folder, the other
     ranks return the same figures once training ends.
     """
-    cfg.check_distributed()  # before reading any data
+    cfg.check_common()  # before reading any data
     cfg.check_chunk_tokens()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     fasta_paths = cfg.fasta or bundled_genome()
