@@ -147,3 +147,12 @@ def test_a_real_process_prints_one_line(tmp_path: Path, model_dir: Path) -> None
                            "--fasta", str(path)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "corrupt or truncated gzip data" in _one_error_line(done.stderr)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--seq-len", "0"), ("--batch-size", "0"), ("--max-windows", "0")])
+def test_a_zero_count_for_eval_is_one_line_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                     model_dir: Path, flag: str, value: str) -> None:
+    (tmp_path / "good.fa").write_bytes(GOOD)
+    code, _, err = _eval(capsys, "--model", str(model_dir), "--fasta", str(tmp_path / "good.fa"), flag, value)
+    assert code == 2
+    assert "must be >= 1" in _one_error_line(err)

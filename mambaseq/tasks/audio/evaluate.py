@@ -86,7 +86,7 @@ def evaluate_audio(model_dir: str | Path, data: str | Path | None = None, split:
         raise AudioInputError(f"batch_size must be positive, got {batch_size}")
     device = device or default_device()
     model, codec, rate, metadata = load_audio_model(model_dir, device)
-    seq_len = seq_len or int(metadata.get("seq_len", rate))
+    seq_len = int(metadata.get("seq_len", rate)) if seq_len is None else seq_len
     if seq_len < 1:
         raise AudioInputError(f"seq_len must be positive, got {seq_len}")
     files, split = _eval_files(data, metadata, split, model_dir)

@@ -210,7 +210,9 @@ def evaluate_classifier(model_dir: str | Path, species: list[str] | None = None,
               if k in metadata}
     genomes = SpeciesGenomes(chosen, "all" if split == "all" else metadata.get("split", "region"), **kwargs)
     part = "test" if split == "all" else split
-    seq_len = seq_len or int(metadata.get("seq_len", 1024))
+    seq_len = int(metadata.get("seq_len", 1024)) if seq_len is None else seq_len
+    if seq_len < 1:
+        raise DnaInputError(f"--seq-len must be >= 1, got {seq_len}")
     genomes.check_length(seq_len, (part,))
     count = windows_per_species or int(metadata.get("eval_windows", 32))
     seed = int(metadata.get("seed", 0))

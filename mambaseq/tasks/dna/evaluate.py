@@ -28,7 +28,10 @@ def evaluate_dna(model_dir: str | Path, fasta: list[str], bed: str | None = None
     power-of-two bands (see `position_bands`): whether a long-context model makes use of its context.
     """
     info = check_dna_model(model_dir)
-    seq_len = seq_len or int(info["metadata"].get("seq_len", 1024))
+    seq_len = int(info["metadata"].get("seq_len", 1024)) if seq_len is None else seq_len
+    if seq_len < 1 or batch_size < 1 or (max_windows is not None and max_windows < 1):
+        raise DnaInputError(f"--seq-len, --batch-size and --max-windows must be >= 1 "
+                            f"(got {seq_len}, {batch_size}, {max_windows})")
     soft_mask = info["metadata"].get("soft_mask", "base")
     collection = FastaCollection(fasta)
     regions = regions_of(collection, bed)
