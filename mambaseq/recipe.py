@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -103,9 +104,10 @@ def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is float:
         if isinstance(value, str):
             try:
-                return True, float(value)
+                number = float(value)
             except ValueError:
                 return False, value
+            return math.isfinite(number), number if math.isfinite(number) else value  # not 'nan' or 'inf'
         return isinstance(value, (int, float)) and not isinstance(value, bool), value
     if hint is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

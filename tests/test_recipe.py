@@ -52,6 +52,7 @@ def test_a_value_of_the_fields_type_is_taken(name, value, expected):
     ("count", 2.5, "count must be an integer, got 2.5"),
     ("count", True, "count must be an integer, got True"),
     ("rate", "fast", "rate must be a number, got 'fast'"),
+    ("rate", "nan", "rate must be a number, got 'nan'"),
     ("rate", False, "rate must be a number, got False"),
     ("name", [1], "name must be a string, got [1]"),
     ("limit", "none", "limit must be an integer or null, got 'none'"),
