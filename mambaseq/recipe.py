@@ -57,29 +57,21 @@ class Recipe:
         unknown = sorted(set(values) - known)
         if unknown:
             raise cls.input_error(f"{where}: unknown field(s) {', '.join(unknown)}")
-        checked, error = _typed(cls, values)
-        if error:
-            raise cls.input_error(f"{where}: {error}")
-        return cls(**checked)
+        try:
+            return cls(**values)
+        except cls.input_error as err:  # a field of the wrong type (__post_init__): say where it came from
+            raise cls.input_error(f"{where}: {err}") from None
 
     def __post_init__(self) -> None:
-        """The same type checks however the dataclass is made (from_dict, or in Python)."""
-        checked, error = _typed(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
-        if error:
-            raise self.input_error(error)
-        for name, value in checked.items():
-            setattr(self, name, value)
-
-
-def _typed(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """(the values as the fields take them, the first field error or None)."""
-    hints = typing.get_type_hints(cls)
-    checked = {}
-    for name, value in values.items():
-        ok, checked[name] = _conform(value, hints.get(name, Any))
-        if not ok:
-            return checked, f"{name} must be {_describe(hints[name])}, got {value!r}"
-    return checked, None
+        """Every field's value checked against its type, and converted where `_conform` says, however
+        the dataclass is made (from a recipe, from flags or in Python)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            ok, converted = _conform(value, hints[f.name])
+            if not ok:
+                raise self.input_error(f"{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+            setattr(self, f.name, converted)
 
 
 def _conform(value: Any, hint: Any) -> tuple[bool, Any]:

@@ -62,6 +62,25 @@ class ChunkedTraining:
         return f" in chunks of {self.chunk_tokens} tokens" if self.chunk_tokens else ""
 
 
+@contextlib.contextmanager
+def _torch_flags_kept() -> Iterator[None]:
+    """Restore on exit the process-wide settings a Trainer built with `deterministic` changes, so a run
+    leaves the caller's process (a notebook, the next test) as it found it."""
+    algorithms = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
 @dataclass
 class TrainRecipe(Recipe):
     """The fields every training command shares: model, schedule, optimizer, trainer, run folder."""
@@ -152,11 +171,9 @@ class TrainRecipe(Recipe):
         if not devices_ok:
             raise self.input_error(f"devices must be a count >= 1, -1 (all), 'auto' or GPU ids like '0,1'; "
                                    f"got {self.devices!r}")
-        if isinstance(self.num_nodes, bool) or not isinstance(self.num_nodes, int) or self.num_nodes < 1:
+        if self.num_nodes < 1:
             raise self.input_error(f"num_nodes must be an integer >= 1, got {self.num_nodes!r}")
-        if self.micro_batch_size is not None and (isinstance(self.micro_batch_size, bool)
-                                                  or not isinstance(self.micro_batch_size, int)
-                                                  or self.micro_batch_size < 1):
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise self.input_error(f"micro_batch_size must be an integer >= 1, got {self.micro_batch_size!r}")
         if self.log_every < 1:
             raise self.input_error(f"log_every must be >= 1, got {self.log_every}")
@@ -242,6 +259,7 @@ class TrainRecipe(Recipe):
         trainer.val_check_interval = validate_every * accumulate
         return trainer
 
+    @_torch_flags_kept()  # Lightning sets process-wide flags for `deterministic`
     def fit(self, module: L.LightningModule, train_data: StepStream, valid_data: Dataset,
             valid_batch_size: int | None, metric: str, mode: str = "min") -> Fitted:
         """Train `module` in the run folder `out` (train_config.json written there; resumed from
@@ -260,7 +278,7 @@ class TrainRecipe(Recipe):
             raise self.input_error(f"on_nonfinite must be one of {', '.join(NONFINITE_MODES)}, "
                                    f"got {self.on_nonfinite!r}")
         patience = self.early_stop_patience
-        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        if patience is not None and patience < 1:
             raise self.input_error(f"early_stop_patience must be a positive integer (validations) or null, "
                                    f"got {patience!r}")
         run_dir = Path(self.out)
@@ -268,14 +286,7 @@ class TrainRecipe(Recipe):
         last = run_dir / "checkpoints" / "last.ckpt"
         if self.resume and not last.exists():
             raise self.input_error(f"--resume: no checkpoint at {last}")
-        with _torch_flags_kept():  # Lightning sets process-wide flags for `deterministic`
-            trainer = self.trainer(run_dir, metric, mode)
-            return self._fit(trainer, module, train_data, valid_data, valid_batch_size, metric)
-
-    def _fit(self, trainer: L.Trainer, module: L.LightningModule, train_data: StepStream, valid_data: Dataset,
-             valid_batch_size: int | None, metric: str) -> Fitted:
-        run_dir = Path(self.out)
-        last = run_dir / "checkpoints" / "last.ckpt"
+        trainer = self.trainer(run_dir, metric, mode)
         micro, accumulate = self.split_batch(trainer.world_size)
         if trainer.is_global_zero:
             resolved = {"world_size": trainer.world_size, "accumulate_grad_batches": accumulate}
@@ -321,25 +332,6 @@ class TrainRecipe(Recipe):
         if trainer.is_global_zero:
             module.load_state_dict(AtomicCheckpointIO().load_checkpoint(best.path)["state_dict"])
         return Fitted(trainer, best.best_step, float(best.best_model_score))
-
-
-@contextlib.contextmanager
-def _torch_flags_kept() -> Iterator[None]:
-    """Restore on exit the process-wide settings a Trainer built with `deterministic` changes, so a run
-    leaves the caller's process (a notebook, the next test) as it found it."""
-    algorithms = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    benchmark = torch.backends.cudnn.benchmark
-    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
-        torch.backends.cudnn.benchmark = benchmark
-        if cublas is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
 @dataclass

@@ -90,7 +90,7 @@ class AudioTrainConfig(ChunkedTraining, TrainRecipe):
         self.check_chunk_tokens()
         if self.sample_rate < 1:
             raise AudioInputError(f"sample_rate must be a positive integer, got {self.sample_rate!r}")
-        if self.eval_windows is not None and (not isinstance(self.eval_windows, int) or self.eval_windows < 1):
+        if self.eval_windows is not None and self.eval_windows < 1:
             raise AudioInputError(f"eval_windows must be a positive integer or null, got {self.eval_windows!r}")
         if not 0 < self.valid_fraction < 1:
             raise AudioInputError(f"valid_fraction must be in (0, 1): training needs validation files, "
